@@ -1,0 +1,324 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Bucket names. The schema version lives in meta.
+var (
+	bucketMeta     = []byte("meta")
+	bucketSessions = []byte("sessions")
+	bucketDevices  = []byte("devices")
+	bucketCerts    = []byte("certificates")
+	bucketPrereg   = []byte("preregistrations")
+
+	keySchema     = []byte("schema")
+	schemaVersion = []byte("1")
+)
+
+// Options tune the bbolt store. nil means DefaultOptions().
+type Options struct {
+	// LockTimeout bounds the wait for the file lock held by another
+	// process (a second enrolld on the same data dir).
+	LockTimeout time.Duration
+	// MaxBatchDelay is how long bbolt waits to group concurrent writes
+	// into one fsynced commit. Short: sequential writers pay it in full.
+	MaxBatchDelay time.Duration
+	// NoSync skips fsync. Only for benchmarks that measure everything
+	// but the disk; never in production.
+	NoSync bool
+}
+
+// DefaultOptions returns the production defaults.
+func DefaultOptions() *Options {
+	return &Options{LockTimeout: 5 * time.Second, MaxBatchDelay: time.Millisecond}
+}
+
+// Bolt is the embedded bbolt implementation of Store.
+type Bolt struct {
+	db *bolt.DB
+}
+
+var _ Store = (*Bolt)(nil)
+
+// Open opens or creates the store file at path with mode 0600.
+func Open(path string, opts *Options) (*Bolt, error) {
+	if opts == nil {
+		opts = DefaultOptions()
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("opening store %s: locked by another process (is another enrolld running on this data dir?): %w", path, err)
+		}
+		return nil, fmt.Errorf("opening store %s: %w", path, err)
+	}
+	db.MaxBatchDelay = opts.MaxBatchDelay
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keySchema); {
+		case v == nil:
+			return meta.Put(keySchema, schemaVersion)
+		case !bytes.Equal(v, schemaVersion):
+			return fmt.Errorf("schema version %q, this build reads %q", v, schemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialising store %s: %w", path, err)
+	}
+	return &Bolt{db: db}, nil
+}
+
+// Close closes the file.
+func (s *Bolt) Close() error { return s.db.Close() }
+
+// CreateSession implements Store.
+func (s *Bolt) CreateSession(ctx context.Context, sess *Session) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v, err := json.Marshal(sess)
+	if err != nil {
+		return fmt.Errorf("encoding session: %w", err)
+	}
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSessions)
+		if b.Get([]byte(sess.ID)) != nil {
+			return fmt.Errorf("session %s: %w", sess.ID, ErrExists)
+		}
+		return b.Put([]byte(sess.ID), v)
+	})
+}
+
+// Session implements Store.
+func (s *Bolt) Session(ctx context.Context, id string, now time.Time) (*Session, error) {
+	var sess Session
+	if err := s.get(ctx, bucketSessions, id, &sess); err != nil {
+		return nil, err
+	}
+	if !now.Before(sess.ExpiresAt) {
+		return nil, ErrSessionExpired
+	}
+	return &sess, nil
+}
+
+// FinishEnrollment implements Store.
+func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, error)) (*Device, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	certVal, err := json.Marshal(cert)
+	if err != nil {
+		return nil, fmt.Errorf("encoding certificate record: %w", err)
+	}
+	var out *Device
+	// Batch may run the closure more than once: it only reads the
+	// transaction and the pure apply function.
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		out = nil
+		sessions := tx.Bucket(bucketSessions)
+		raw := sessions.Get([]byte(id))
+		if raw == nil {
+			return ErrSessionUsed
+		}
+		var sess Session
+		if err := json.Unmarshal(raw, &sess); err != nil {
+			return fmt.Errorf("decoding session %s: %w", id, err)
+		}
+		if !now.Before(sess.ExpiresAt) {
+			return ErrSessionExpired
+		}
+		devices := tx.Bucket(bucketDevices)
+		var prev *Device
+		if raw := devices.Get([]byte(sess.DeviceID)); raw != nil {
+			prev = new(Device)
+			if err := json.Unmarshal(raw, prev); err != nil {
+				return fmt.Errorf("decoding device %s: %w", sess.DeviceID, err)
+			}
+		}
+		next, err := apply(prev)
+		if err != nil {
+			return err
+		}
+		if next.ID != sess.DeviceID {
+			return fmt.Errorf("finish of session %s wrote device %s, want %s", id, next.ID, sess.DeviceID)
+		}
+		devVal, err := json.Marshal(next)
+		if err != nil {
+			return fmt.Errorf("encoding device: %w", err)
+		}
+		if err := sessions.Delete([]byte(id)); err != nil {
+			return err
+		}
+		if err := devices.Put([]byte(next.ID), devVal); err != nil {
+			return err
+		}
+		certs := tx.Bucket(bucketCerts)
+		if certs.Get([]byte(cert.Serial)) != nil {
+			return fmt.Errorf("certificate serial %s: %w", cert.Serial, ErrExists)
+		}
+		if err := certs.Put([]byte(cert.Serial), certVal); err != nil {
+			return err
+		}
+		out = next
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// PurgeExpiredSessions implements Store.
+func (s *Bolt) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		c := tx.Bucket(bucketSessions).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var sess Session
+			if err := json.Unmarshal(v, &sess); err != nil || !now.Before(sess.ExpiresAt) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+// Device implements Store.
+func (s *Bolt) Device(ctx context.Context, id string) (*Device, error) {
+	var d Device
+	if err := s.get(ctx, bucketDevices, id, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// Devices implements Store.
+func (s *Bolt) Devices(ctx context.Context, fn func(*Device) bool) error {
+	return forEach(ctx, s.db, bucketDevices, fn)
+}
+
+// Certificate implements Store.
+func (s *Bolt) Certificate(ctx context.Context, serial string) (*IssuedCertificate, error) {
+	var c IssuedCertificate
+	if err := s.get(ctx, bucketCerts, serial, &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// PutPreregistrations implements Store.
+func (s *Bolt) PutPreregistrations(ctx context.Context, regs []*Preregistration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	vals := make([][]byte, len(regs))
+	for i, r := range regs {
+		v, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encoding pre-registration %s: %w", r.DeviceID, err)
+		}
+		vals[i] = v
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPrereg)
+		for i, r := range regs {
+			if old := b.Get([]byte(r.DeviceID)); old != nil {
+				var prev Preregistration
+				if err := json.Unmarshal(old, &prev); err == nil && samePrereg(&prev, r) {
+					continue // re-import of the same row: no-op
+				}
+			}
+			if err := b.Put([]byte(r.DeviceID), vals[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func samePrereg(a, b *Preregistration) bool {
+	if a.Serial != b.Serial || a.Group != b.Group || len(a.Labels) != len(b.Labels) {
+		return false
+	}
+	for k, v := range a.Labels {
+		if b.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Preregistration implements Store.
+func (s *Bolt) Preregistration(ctx context.Context, deviceID string) (*Preregistration, error) {
+	var p Preregistration
+	if err := s.get(ctx, bucketPrereg, deviceID, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Preregistrations implements Store.
+func (s *Bolt) Preregistrations(ctx context.Context, fn func(*Preregistration) bool) error {
+	return forEach(ctx, s.db, bucketPrereg, fn)
+}
+
+func (s *Bolt) get(ctx context.Context, bucket []byte, key string, v any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucket).Get([]byte(key))
+		if raw == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(raw, v); err != nil {
+			return fmt.Errorf("decoding %s/%s: %w", bucket, key, err)
+		}
+		return nil
+	})
+}
+
+// forEach decodes each value of bucket as T and calls fn until it returns
+// false. It checks ctx between records so a long listing can be cancelled.
+func forEach[T any](ctx context.Context, db *bolt.DB, bucket []byte, fn func(*T) bool) error {
+	return db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucket).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			rec := new(T)
+			if err := json.Unmarshal(v, rec); err != nil {
+				return fmt.Errorf("decoding %s/%s: %w", bucket, k, err)
+			}
+			if !fn(rec) {
+				return nil
+			}
+		}
+		return nil
+	})
+}

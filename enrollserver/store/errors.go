@@ -1,0 +1,23 @@
+package store
+
+import "errors"
+
+// Errors returned by Store methods. Check them with errors.Is.
+var (
+	// ErrNotFound: the record does not exist.
+	ErrNotFound = errors.New("store: not found")
+
+	// ErrSessionUsed: FinishEnrollment found no live session of that ID:
+	// it was never created, already consumed, or purged after expiry.
+	ErrSessionUsed = errors.New("store: session unknown or already used")
+
+	// ErrSessionExpired: the session exists but its TTL has passed.
+	ErrSessionExpired = errors.New("store: session expired")
+
+	// ErrExists: a create found a record of the same key with different
+	// content.
+	ErrExists = errors.New("store: record exists")
+
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store: closed")
+)

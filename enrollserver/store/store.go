@@ -1,0 +1,146 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// Store is the server's persistent state. Implementations are safe for
+// concurrent use, and every method that writes is atomic.
+type Store interface {
+	// CreateSession records a begun enrollment. The ID must be new.
+	CreateSession(ctx context.Context, s *Session) error
+	// Session returns a live session, ErrNotFound if there is none, or
+	// ErrSessionExpired if its TTL passed at now.
+	Session(ctx context.Context, id string, now time.Time) (*Session, error)
+	// FinishEnrollment consumes session id and records the outcome in one
+	// transaction: the session is deleted (single use), the device record
+	// becomes apply(previous record or nil), and cert is recorded. It
+	// returns ErrSessionUsed if the session does not exist and
+	// ErrSessionExpired if it expired at now; then nothing is written.
+	FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, error)) (*Device, error)
+	// PurgeExpiredSessions deletes sessions whose TTL passed at now and
+	// returns how many it deleted.
+	PurgeExpiredSessions(ctx context.Context, now time.Time) (int, error)
+
+	// Device returns the device with that ID or ErrNotFound.
+	Device(ctx context.Context, id string) (*Device, error)
+	// Devices calls fn for each device in ID order until fn returns false.
+	Devices(ctx context.Context, fn func(*Device) bool) error
+	// Certificate returns an issued certificate by serial (hex).
+	Certificate(ctx context.Context, serial string) (*IssuedCertificate, error)
+
+	// PutPreregistrations records pre-registrations in one transaction.
+	// Re-putting an identical record is a no-op; changing serial or group
+	// of an existing one replaces it.
+	PutPreregistrations(ctx context.Context, regs []*Preregistration) error
+	// Preregistration returns the pre-registration of a device ID (the EK
+	// hash) or ErrNotFound.
+	Preregistration(ctx context.Context, deviceID string) (*Preregistration, error)
+	// Preregistrations calls fn for each pre-registration in ID order until
+	// fn returns false.
+	Preregistrations(ctx context.Context, fn func(*Preregistration) bool) error
+
+	// Close releases the store.
+	Close() error
+}
+
+// Admission says what made the server trust a device's EK.
+type Admission string
+
+// Admission kinds.
+const (
+	// AdmissionEKCertificate: the EK certificate chained to a configured
+	// manufacturer root.
+	AdmissionEKCertificate Admission = "ek_certificate"
+	// AdmissionPreregistered: the EK hash was pre-registered by the
+	// factory line.
+	AdmissionPreregistered Admission = "preregistered"
+)
+
+// DeviceStatus is the lifecycle state of a device record.
+type DeviceStatus string
+
+// Device statuses.
+const (
+	StatusEnrolled DeviceStatus = "enrolled"
+)
+
+// Session is a begun enrollment awaiting finish.
+type Session struct {
+	ID            string    `json:"id"`
+	DeviceID      string    `json:"device_id"`
+	CorrelationID string    `json:"correlation_id"`
+	EKPublic      []byte    `json:"ek_public"`
+	Admission     Admission `json:"admission"`
+	// AKPublic is the AK's TPMT_PUBLIC, whose creation parameters begin
+	// verified.
+	AKPublic []byte `json:"ak_public"`
+	Nonce    []byte `json:"nonce"`
+	// ProofHash is SHA-256 of the expected activation proof. The secret
+	// itself is never stored.
+	ProofHash []byte     `json:"proof_hash"`
+	PCRs      []int      `json:"pcrs"`
+	Serial    string     `json:"serial,omitempty"`
+	Group     string     `json:"group,omitempty"`
+	Device    DeviceInfo `json:"device,omitzero"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt time.Time  `json:"expires_at"`
+}
+
+// DeviceInfo is what a device said about itself: untrusted, informational.
+type DeviceInfo struct {
+	Hostname     string `json:"hostname,omitempty"`
+	AgentVersion string `json:"agent_version,omitempty"`
+}
+
+// Device is an enrolled device. Its ID is the hex SHA-256 of its EK public
+// key, so a device has one record however often it enrolls.
+type Device struct {
+	ID        string       `json:"id"`
+	Status    DeviceStatus `json:"status"`
+	Admission Admission    `json:"admission"`
+	EKPublic  []byte       `json:"ek_public"`
+	// EKIssuer is the subject of the EK certificate's issuer, if any.
+	EKIssuer string     `json:"ek_issuer,omitempty"`
+	Serial   string     `json:"serial,omitempty"`
+	Group    string     `json:"group,omitempty"`
+	Info     DeviceInfo `json:"info,omitzero"`
+	AKPublic []byte     `json:"ak_public"`
+	// KeyPublic is the PKIX DER of the TPM-resident key the certificate
+	// was issued for.
+	KeyPublic []byte `json:"key_public"`
+	// CertificateChain is the last issued chain, DER, leaf first.
+	CertificateChain [][]byte  `json:"certificate_chain"`
+	CertSerial       string    `json:"cert_serial"`
+	CertNotAfter     time.Time `json:"cert_not_after"`
+	Bundle           string    `json:"bundle"`
+	BundleVersion    uint64    `json:"bundle_version"`
+	// LastSessionID and LastFinishDigest let a repeated finish of the
+	// completed session return the same result.
+	LastSessionID    string    `json:"last_session_id"`
+	LastFinishDigest []byte    `json:"last_finish_digest"`
+	Enrollments      int       `json:"enrollments"`
+	FirstEnrolledAt  time.Time `json:"first_enrolled_at"`
+	LastEnrolledAt   time.Time `json:"last_enrolled_at"`
+}
+
+// IssuedCertificate records every certificate the server issued.
+type IssuedCertificate struct {
+	Serial    string    `json:"serial"`
+	DeviceID  string    `json:"device_id"`
+	SessionID string    `json:"session_id"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+}
+
+// Preregistration is a device identity registered by the factory line
+// before the device first enrolls.
+type Preregistration struct {
+	// DeviceID is the hex SHA-256 of the EK public key (PKIX DER).
+	DeviceID  string            `json:"device_id"`
+	Serial    string            `json:"serial,omitempty"`
+	Group     string            `json:"group,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+}
