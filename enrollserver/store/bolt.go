@@ -19,6 +19,9 @@ var (
 	bucketDevices  = []byte("devices")
 	bucketCerts    = []byte("certificates")
 	bucketPrereg   = []byte("preregistrations")
+	// bucketCompleted maps a consumed session ID to its device until the
+	// session's TTL passes, so a repeated finish finds its result.
+	bucketCompleted = []byte("completed_sessions")
 
 	keySchema     = []byte("schema")
 	schemaVersion = []byte("1")
@@ -63,7 +66,7 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	}
 	db.MaxBatchDelay = opts.MaxBatchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg} {
+		for _, b := range [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg, bucketCompleted} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -165,6 +168,13 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		if err := sessions.Delete([]byte(id)); err != nil {
 			return err
 		}
+		done, err := json.Marshal(completed{DeviceID: sess.DeviceID, ExpiresAt: sess.ExpiresAt})
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketCompleted).Put([]byte(id), done); err != nil {
+			return err
+		}
 		if err := devices.Put([]byte(next.ID), devVal); err != nil {
 			return err
 		}
@@ -184,6 +194,21 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 	return out, nil
 }
 
+// completed is the record of a consumed session.
+type completed struct {
+	DeviceID  string    `json:"device_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// CompletedSession implements Store.
+func (s *Bolt) CompletedSession(ctx context.Context, id string) (string, error) {
+	var c completed
+	if err := s.get(ctx, bucketCompleted, id, &c); err != nil {
+		return "", err
+	}
+	return c.DeviceID, nil
+}
+
 // PurgeExpiredSessions implements Store.
 func (s *Bolt) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, error) {
 	if err := ctx.Err(); err != nil {
@@ -192,14 +217,20 @@ func (s *Bolt) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, er
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		n = 0
-		c := tx.Bucket(bucketSessions).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			var sess Session
-			if err := json.Unmarshal(v, &sess); err != nil || !now.Before(sess.ExpiresAt) {
-				if err := c.Delete(); err != nil {
-					return err
+		for _, bucket := range [][]byte{bucketSessions, bucketCompleted} {
+			c := tx.Bucket(bucket).Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				var rec struct {
+					ExpiresAt time.Time `json:"expires_at"`
 				}
-				n++
+				if err := json.Unmarshal(v, &rec); err != nil || !now.Before(rec.ExpiresAt) {
+					if err := c.Delete(); err != nil {
+						return err
+					}
+					if bytes.Equal(bucket, bucketSessions) {
+						n++
+					}
+				}
 			}
 		}
 		return nil

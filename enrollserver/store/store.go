@@ -19,8 +19,12 @@ type Store interface {
 	// returns ErrSessionUsed if the session does not exist and
 	// ErrSessionExpired if it expired at now; then nothing is written.
 	FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, error)) (*Device, error)
-	// PurgeExpiredSessions deletes sessions whose TTL passed at now and
-	// returns how many it deleted.
+	// CompletedSession returns the device ID of a session that
+	// FinishEnrollment consumed, until the session's TTL passes, or
+	// ErrNotFound.
+	CompletedSession(ctx context.Context, id string) (string, error)
+	// PurgeExpiredSessions deletes sessions (live and completed) whose TTL
+	// passed at now and returns how many live ones it deleted.
 	PurgeExpiredSessions(ctx context.Context, now time.Time) (int, error)
 
 	// Device returns the device with that ID or ErrNotFound.

@@ -129,6 +129,15 @@ func testFinishOnce(t *testing.T, s store.Store) {
 	if _, err := s.Session(ctx, "s1", t0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("session after finish: got %v, want ErrNotFound", err)
 	}
+	if dev, err := s.CompletedSession(ctx, "s1"); err != nil || dev != "dev1" {
+		t.Errorf("CompletedSession = %q, %v; want dev1", dev, err)
+	}
+	if _, err := s.PurgeExpiredSessions(ctx, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CompletedSession(ctx, "s1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("CompletedSession after purge: %v, want ErrNotFound", err)
+	}
 	if _, err := s.Certificate(ctx, "c2"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("refused finish recorded its certificate: %v", err)
 	}

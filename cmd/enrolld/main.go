@@ -1,0 +1,59 @@
+// Command enrolld is the enrollment server.
+//
+// Exit codes: 0 clean shutdown, 1 failure (the message says what to fix).
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/enrollserver/daemon"
+	"github.com/edgeenroll/edgeenroll/pki"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{Use: "enrolld", Short: "TPM-attested enrollment server", SilenceUsage: true}
+	root.AddCommand(serveCmd())
+	root.SetContext(ctx)
+	if err := root.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func serveCmd() *cobra.Command {
+	var cfg daemon.Config
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve enrollment over HTTPS; creates the CA in --data-dir on first start",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return err
+			}
+			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			return daemon.Run(cmd.Context(), cfg)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.DataDir, "data-dir", "enrolld-data", "state directory: CA keys (0600), store; created 0700")
+	fl.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "HTTPS listen address")
+	fl.StringSliceVar(&cfg.Hostnames, "hostname", nil, "DNS names or IPs for the server certificate (default localhost, 127.0.0.1, ::1)")
+	fl.StringSliceVar(&cfg.ManufacturerRoots, "manufacturer-roots", nil, "PEM files of TPM manufacturer EK roots to trust (repeatable); without any, only pre-registered devices enroll")
+	fl.StringVar(&cfg.TrustDomain, "trust-domain", pki.DefaultOptions().TrustDomain, "trust domain in device certificate URI SANs")
+	fl.DurationVar(&cfg.LeafLifetime, "cert-lifetime", pki.DefaultLeafLifetime, "device certificate lifetime, between "+pki.MinLeafLifetime.String()+" and "+pki.MaxLeafLifetime.String())
+	fl.DurationVar(&cfg.SessionTTL, "session-ttl", api.DefaultSessionTTL, "time a device has between begin and finish")
+	fl.StringVar(&cfg.BundleConfigFile, "bundle-config", "", "JSON object file sent to devices as their signed config (default {})")
+	fl.Uint64Var(&cfg.BundleVersion, "bundle-version", 1, "version of --bundle-config; raise it when the config changes")
+	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,123 @@
+package device
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/edgeenroll/edgeenroll/api"
+)
+
+// TransientError is a failure worth retrying: the network, a 5xx, a 429, or
+// a session the server no longer knows.
+type TransientError struct {
+	Err        error
+	RetryAfter time.Duration // the server's hint, 0 if none
+}
+
+func (e *TransientError) Error() string { return e.Err.Error() }
+func (e *TransientError) Unwrap() error { return e.Err }
+
+// httpClient speaks the HTTPS transport. One client keeps one connection
+// alive so begin and finish share a TLS handshake.
+type httpClient struct {
+	base   string
+	client *http.Client
+}
+
+func newHTTPClient(base string, roots *x509.CertPool, getCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *httpClient {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{
+			RootCAs:              roots,
+			MinVersion:           tls.VersionTLS13,
+			GetClientCertificate: getCert,
+		},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   1,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+	}
+	return &httpClient{base: base, client: &http.Client{Transport: tr}}
+}
+
+func (c *httpClient) close() { c.client.CloseIdleConnections() }
+
+// do sends req (nil for GET) and decodes a 200 response into resp. A non-2xx
+// answer becomes an *api.Error, wrapped in *TransientError when retrying
+// could help.
+func (c *httpClient) do(ctx context.Context, method, path, correlationID string, req, resp any) error {
+	var body io.Reader
+	if req != nil {
+		b, err := json.Marshal(req)
+		if err != nil {
+			return fmt.Errorf("encoding %s request: %w", path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	hreq, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("building %s request: %w", path, err)
+	}
+	if req != nil {
+		hreq.Header.Set("Content-Type", api.ContentTypeJSON)
+	}
+	if correlationID != "" {
+		hreq.Header.Set(api.HeaderCorrelationID, correlationID)
+	}
+	hresp, err := c.client.Do(hreq)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		}
+		return &TransientError{Err: fmt.Errorf("%s %s: %w", method, path, err)}
+	}
+	defer hresp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(hresp.Body, api.MaxResponseBytes+1))
+	if err != nil {
+		return &TransientError{Err: fmt.Errorf("%s %s: reading response: %w", method, path, err)}
+	}
+	if len(raw) > api.MaxResponseBytes {
+		return fmt.Errorf("%s %s: response exceeds %d bytes", method, path, api.MaxResponseBytes)
+	}
+	if hresp.StatusCode != http.StatusOK {
+		return responseError(method, path, hresp, raw)
+	}
+	if err := json.Unmarshal(raw, resp); err != nil {
+		return fmt.Errorf("%s %s: decoding response: %w", method, path, err)
+	}
+	return nil
+}
+
+func responseError(method, path string, hresp *http.Response, raw []byte) error {
+	var ae api.Error
+	if err := json.Unmarshal(raw, &ae); err != nil || ae.Code == "" {
+		ae = api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("HTTP %d without an error body", hresp.StatusCode)}
+		if hresp.StatusCode < 500 && hresp.StatusCode != http.StatusTooManyRequests {
+			ae.Code = api.CodeBadRequest
+		}
+	}
+	err := fmt.Errorf("%s %s: %w", method, path, &ae)
+	if hresp.StatusCode >= 500 || hresp.StatusCode == http.StatusTooManyRequests || !ae.Code.Permanent() {
+		te := &TransientError{Err: err}
+		if s, perr := strconv.Atoi(hresp.Header.Get("Retry-After")); perr == nil && s > 0 {
+			te.RetryAfter = time.Duration(s) * time.Second
+		}
+		return te
+	}
+	return err
+}
+
+// IsTransient reports whether err is worth retrying.
+func IsTransient(err error) bool {
+	var te *TransientError
+	return errors.As(err, &te)
+}

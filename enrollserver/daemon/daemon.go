@@ -1,0 +1,213 @@
+// Package daemon wires enrolld together: the data directory, the embedded
+// CA, the store, the enrollment core and the HTTPS listener. cmd/enrolld
+// only parses flags into a Config and calls Run.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/pki"
+)
+
+// Server limits of the HTTPS listener.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 15 * time.Second
+	writeTimeout      = 30 * time.Second
+	idleTimeout       = 120 * time.Second
+	maxHeaderBytes    = 16 << 10
+	serverCertLife    = 30 * 24 * time.Hour
+	purgeInterval     = time.Minute
+	shutdownGrace     = 10 * time.Second
+)
+
+// Config is enrolld's configuration.
+type Config struct {
+	// DataDir holds the CA (ca/), the store (enroll.db). Created 0700.
+	DataDir string
+	// Listen is the HTTPS address.
+	Listen string
+	// Hostnames go into the server certificate (DNS names or IPs).
+	Hostnames []string
+	// ManufacturerRoots are PEM files of TPM vendor EK roots.
+	ManufacturerRoots []string
+	TrustDomain       string
+	LeafLifetime      time.Duration
+	SessionTTL        time.Duration
+	// BundleConfigFile is a JSON object delivered to devices; "" sends {}.
+	BundleConfigFile string
+	BundleVersion    uint64
+	Logger           *slog.Logger
+	// Ready, if set, receives the bound address once serving.
+	Ready chan<- string
+}
+
+// Paths inside the data directory.
+func caDir(dataDir string) string     { return filepath.Join(dataDir, "ca") }
+func storePath(dataDir string) string { return filepath.Join(dataDir, "enroll.db") }
+
+// RootCertPath is where the enrollment root certificate lives: what devices
+// must be given as their trust anchor.
+func RootCertPath(dataDir string) string { return filepath.Join(caDir(dataDir), "root_ca.crt") }
+
+// Run serves until ctx is cancelled, then shuts down gracefully.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	caOpts := pki.DefaultOptions()
+	if cfg.TrustDomain != "" {
+		caOpts.TrustDomain = cfg.TrustDomain
+	}
+	ca, err := pki.LoadOrCreateCA(caDir(cfg.DataDir), caOpts)
+	if err != nil {
+		return err
+	}
+	if issued, err := ensureOperatorCredential(AdminDir(cfg.DataDir), ca, time.Now()); err != nil {
+		return err
+	} else if issued {
+		log.Info("wrote bootstrap operator credential for enrollctl", "admin_dir", AdminDir(cfg.DataDir), "operator", BootstrapOperator)
+	}
+	roots, err := loadPool(cfg.ManufacturerRoots)
+	if err != nil {
+		return err
+	}
+	bundleCfg := json.RawMessage(`{}`)
+	if cfg.BundleConfigFile != "" {
+		if bundleCfg, err = os.ReadFile(cfg.BundleConfigFile); err != nil {
+			return fmt.Errorf("reading bundle config: %w", err)
+		}
+	}
+	version := cfg.BundleVersion
+	if version == 0 {
+		version = 1
+	}
+	st, err := store.Open(storePath(cfg.DataDir), nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := enrollserver.New(enrollserver.Config{
+		Store: st, CA: ca, ManufacturerRoots: roots,
+		LeafLifetime: cfg.LeafLifetime, SessionTTL: cfg.SessionTTL,
+		Bundles: enrollserver.StaticBundle{Version: version, Config: bundleCfg},
+		Logger:  log, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	hosts := cfg.Hostnames
+	if len(hosts) == 0 {
+		hosts = []string{"localhost", "127.0.0.1", "::1"}
+	}
+	serverCert, err := ca.IssueServer(hosts, serverCertLife)
+	if err != nil {
+		return fmt.Errorf("issuing server certificate: %w", err)
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{*serverCert},
+		// Client certificates are optional at the handshake (devices
+		// enroll without one) and verified against our root when given;
+		// handlers that need one refuse calls without.
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  ca.RootPool(),
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	hs := &http.Server{
+		Handler:           httpapi.NewHandler(srv, httpapi.Options{Logger: log, Gatherer: reg}),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("enrolld serving", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "root_ca", RootCertPath(cfg.DataDir),
+		"trust_domain", ca.TrustDomain(), "manufacturer_roots", len(cfg.ManufacturerRoots))
+	if cfg.Ready != nil {
+		cfg.Ready <- ln.Addr().String()
+	}
+	go purgeLoop(ctx, srv, log)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("enrolld stopped")
+	return nil
+}
+
+func purgeLoop(ctx context.Context, srv *enrollserver.Server, log *slog.Logger) {
+	t := time.NewTicker(purgeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := srv.PurgeExpiredSessions(ctx); err != nil {
+				log.Error("purging sessions", "err", err)
+			} else if n > 0 {
+				log.Info("purged expired sessions", "count", n)
+			}
+		}
+	}
+}
+
+// loadPool reads PEM certificates; no files means nil (trust no EK
+// certificate).
+func loadPool(files []string) (*x509.CertPool, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	pool := x509.NewCertPool()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading manufacturer root: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("manufacturer root %s holds no PEM certificate", f)
+		}
+	}
+	return pool, nil
+}

@@ -1,0 +1,244 @@
+// Package httpapi is the HTTPS transport of the enrollment server: a thin
+// adapter that decodes requests strictly, calls enrollserver.Server, and
+// maps *api.Error codes to HTTP status codes. It holds no enrollment logic.
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/pki"
+)
+
+// Options configure the handler.
+type Options struct {
+	Logger *slog.Logger
+	// Gatherer serves /metrics; nil serves none.
+	Gatherer prometheus.Gatherer
+	// Ready reports readiness for /readyz; nil means always ready.
+	Ready func(context.Context) error
+}
+
+// NewHandler returns the server's HTTP handler.
+func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{srv: srv, opts: opts}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+api.PathBegin, h.begin)
+	mux.HandleFunc("POST "+api.PathFinish, h.finish)
+	mux.HandleFunc("GET "+api.PathWhoami, h.whoami)
+	mux.HandleFunc("POST "+api.PathAdminPreregistrations, h.preregister)
+	mux.HandleFunc("GET "+api.PathAdminDevices, h.devices)
+	mux.HandleFunc("GET "+api.PathHealthz, func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET "+api.PathReadyz, h.readyz)
+	if opts.Gatherer != nil {
+		mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, correlationID(r), api.Errorf(api.CodeNotFound, "no endpoint %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+type handler struct {
+	srv  *enrollserver.Server
+	opts Options
+}
+
+func (h *handler) begin(w http.ResponseWriter, r *http.Request) {
+	corr := correlationID(r)
+	var req api.BeginRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	resp, err := h.srv.Begin(r.Context(), corr, &req)
+	if err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	writeJSON(w, corr, resp)
+}
+
+func (h *handler) finish(w http.ResponseWriter, r *http.Request) {
+	corr := correlationID(r)
+	var req api.FinishRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	resp, err := h.srv.Finish(r.Context(), corr, &req)
+	if err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	writeJSON(w, corr, resp)
+}
+
+func (h *handler) whoami(w http.ResponseWriter, r *http.Request) {
+	corr := correlationID(r)
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		h.fail(w, r, corr, api.Errorf(api.CodeUnauthenticated, "this endpoint needs a device certificate issued by this server (mTLS)"))
+		return
+	}
+	resp, err := h.srv.Whoami(r.Context(), r.TLS.VerifiedChains[0][0])
+	if err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	writeJSON(w, corr, resp)
+}
+
+// operator returns the authenticated operator's name, or writes the
+// refusal and returns false.
+func (h *handler) operator(w http.ResponseWriter, r *http.Request, corr string) (string, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		h.fail(w, r, corr, api.Errorf(api.CodeUnauthenticated, "admin calls need an operator certificate issued by this server (see the admin/ directory in enrolld's data dir)"))
+		return "", false
+	}
+	name, err := pki.OperatorFromCertificate(r.TLS.VerifiedChains[0][0], h.srv.TrustDomain())
+	if err != nil {
+		h.fail(w, r, corr, api.Errorf(api.CodeForbidden, "client certificate is not an operator certificate: %v", err))
+		return "", false
+	}
+	return name, true
+}
+
+func (h *handler) preregister(w http.ResponseWriter, r *http.Request) {
+	corr := correlationID(r)
+	op, ok := h.operator(w, r, corr)
+	if !ok {
+		return
+	}
+	var req api.PreregisterRequest
+	if ct := r.Header.Get("Content-Type"); ct != api.ContentTypeJSON {
+		h.fail(w, r, corr, api.Errorf(api.CodeBadRequest, "Content-Type must be %s, got %q", api.ContentTypeJSON, ct))
+		return
+	}
+	if err := api.Decode(r.Body, api.MaxAdminRequestBytes, &req); err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	resp, err := h.srv.Preregister(r.Context(), op, &req)
+	if err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	writeJSON(w, corr, resp)
+}
+
+func (h *handler) devices(w http.ResponseWriter, r *http.Request) {
+	corr := correlationID(r)
+	if _, ok := h.operator(w, r, corr); !ok {
+		return
+	}
+	resp, err := h.srv.ListDevices(r.Context())
+	if err != nil {
+		h.fail(w, r, corr, err)
+		return
+	}
+	writeJSON(w, corr, resp)
+}
+
+func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
+	if h.opts.Ready != nil {
+		if err := h.opts.Ready(r.Context()); err != nil {
+			writeError(w, "", api.Errorf(api.CodeUnavailable, "not ready: %v", err))
+			return
+		}
+	}
+	w.Write([]byte("ready\n"))
+}
+
+func decode(r *http.Request, v api.Validator) error {
+	if ct := r.Header.Get("Content-Type"); ct != api.ContentTypeJSON {
+		return api.Errorf(api.CodeBadRequest, "Content-Type must be %s, got %q", api.ContentTypeJSON, ct)
+	}
+	return api.Decode(r.Body, api.MaxRequestBytes, v)
+}
+
+// fail writes err; anything that is not an *api.Error is our fault and is
+// logged, never shown to the client.
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, corr string, err error) {
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		h.opts.Logger.LogAttrs(r.Context(), slog.LevelError, "internal error", slog.String("correlation_id", corr),
+			slog.String("path", r.URL.Path), slog.String("err", err.Error()))
+		ae = api.Errorf(api.CodeInternal, "internal error; retry later (correlation id %s)", corr)
+	}
+	writeError(w, corr, ae)
+}
+
+// StatusOf maps a protocol error code to its HTTP status.
+func StatusOf(c api.Code) int {
+	switch c {
+	case api.CodeBadRequest:
+		return http.StatusBadRequest
+	case api.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case api.CodeForbidden:
+		return http.StatusForbidden
+	case api.CodeEKUntrusted, api.CodeNotRegistered, api.CodeAKInvalid, api.CodeActivationFailed,
+		api.CodeQuoteInvalid, api.CodeKeyNotCertified:
+		return http.StatusForbidden
+	case api.CodeNonceUnknownOrUsed:
+		return http.StatusConflict
+	case api.CodeNotFound:
+		return http.StatusNotFound
+	case api.CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case api.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func writeError(w http.ResponseWriter, corr string, ae *api.Error) {
+	out := *ae
+	out.CorrelationID = corr
+	if out.RetryAfterSeconds > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(out.RetryAfterSeconds))
+	}
+	writeJSONStatus(w, corr, StatusOf(out.Code), &out)
+}
+
+func writeJSON(w http.ResponseWriter, corr string, v any) { writeJSONStatus(w, corr, http.StatusOK, v) }
+
+func writeJSONStatus(w http.ResponseWriter, corr string, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"code":"internal","message":"encoding response"}`)
+	}
+	w.Header().Set("Content-Type", api.ContentTypeJSON)
+	if corr != "" {
+		w.Header().Set(api.HeaderCorrelationID, corr)
+	}
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// correlationID adopts a well-formed client correlation ID or makes one.
+func correlationID(r *http.Request) string {
+	if id := r.Header.Get(api.HeaderCorrelationID); api.ValidCorrelationID(id) {
+		return id
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

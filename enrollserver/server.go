@@ -1,0 +1,521 @@
+package enrollserver
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"time"
+
+	goattest "github.com/google/go-attestation/attest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/attest"
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/pki"
+)
+
+// DefaultPCRs are the SHA-256 PCRs every enrollment quotes: the firmware
+// and boot-loader measurements of the TCG PC Client profile.
+var DefaultPCRs = []int{0, 1, 2, 3, 4, 5, 6, 7}
+
+// DefaultBundleLifetime is how long a signed config bundle stays valid.
+const DefaultBundleLifetime = 30 * 24 * time.Hour
+
+// BundleSource supplies the config a device receives.
+type BundleSource interface {
+	// Bundle returns the current config version and payload (a JSON
+	// object) for dev.
+	Bundle(ctx context.Context, dev *store.Device) (version uint64, config json.RawMessage, err error)
+}
+
+// StaticBundle gives every device the same config.
+type StaticBundle struct {
+	Version uint64
+	Config  json.RawMessage
+}
+
+// Bundle implements BundleSource.
+func (b StaticBundle) Bundle(context.Context, *store.Device) (uint64, json.RawMessage, error) {
+	return b.Version, b.Config, nil
+}
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	Store store.Store
+	// CA signs config bundles and, unless Issuer is set, device
+	// certificates.
+	CA     *pki.CA
+	Issuer pki.Issuer
+	// ManufacturerRoots are the TPM vendors' EK roots. nil trusts no EK
+	// certificate: only pre-registered devices enroll.
+	ManufacturerRoots         *x509.CertPool
+	ManufacturerIntermediates *x509.CertPool
+	// LeafLifetime of device certificates; 0 means pki.DefaultLeafLifetime.
+	LeafLifetime time.Duration
+	// SessionTTL bounds begin → finish; 0 means api.DefaultSessionTTL.
+	SessionTTL time.Duration
+	// PCRs to quote; nil means DefaultPCRs.
+	PCRs []int
+	// Bundles supplies config; nil means an empty config at version 1.
+	Bundles        BundleSource
+	BundleLifetime time.Duration
+	Logger         *slog.Logger
+	// Registerer receives the metrics; nil means a private registry.
+	Registerer prometheus.Registerer
+	Now        func() time.Time
+	Rand       io.Reader
+}
+
+// Server is the enrollment state machine. It is safe for concurrent use.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	finish  singleflight.Group
+}
+
+// New validates cfg and returns a Server.
+func New(cfg Config) (*Server, error) {
+	var errs []error
+	if cfg.Store == nil {
+		errs = append(errs, errors.New("Store is required"))
+	}
+	if cfg.CA == nil {
+		errs = append(errs, errors.New("CA is required"))
+	}
+	if cfg.Issuer == nil && cfg.CA != nil {
+		cfg.Issuer = cfg.CA
+	}
+	if cfg.LeafLifetime == 0 {
+		cfg.LeafLifetime = pki.DefaultLeafLifetime
+	}
+	if cfg.LeafLifetime < pki.MinLeafLifetime || cfg.LeafLifetime > pki.MaxLeafLifetime {
+		errs = append(errs, fmt.Errorf("LeafLifetime %s is outside [%s, %s]", cfg.LeafLifetime, pki.MinLeafLifetime, pki.MaxLeafLifetime))
+	}
+	if cfg.SessionTTL == 0 {
+		cfg.SessionTTL = api.DefaultSessionTTL
+	}
+	if cfg.SessionTTL < time.Second || cfg.SessionTTL > time.Hour {
+		errs = append(errs, fmt.Errorf("SessionTTL %s is outside [1s, 1h]", cfg.SessionTTL))
+	}
+	if cfg.PCRs == nil {
+		cfg.PCRs = DefaultPCRs
+	}
+	for _, p := range cfg.PCRs {
+		if p < 0 || p >= api.MaxPCRs {
+			errs = append(errs, fmt.Errorf("PCR %d is outside 0..%d", p, api.MaxPCRs-1))
+		}
+	}
+	if cfg.Bundles == nil {
+		cfg.Bundles = StaticBundle{Version: 1, Config: json.RawMessage(`{}`)}
+	}
+	if cfg.BundleLifetime == 0 {
+		cfg.BundleLifetime = DefaultBundleLifetime
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("enrollserver config: %w", errors.Join(errs...))
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("registering metrics: %w", err)
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, metrics: m}, nil
+}
+
+// Begin verifies who the device claims to be and challenges its TPM. The
+// request must have passed api validation. Refusals are *api.Error.
+func (s *Server) Begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+	resp, err := s.begin(ctx, corr, req)
+	outcome, code := outcomeOf(err)
+	s.metrics.begins.WithLabelValues(outcome, code).Inc()
+	if err != nil {
+		s.log.LogAttrs(ctx, levelOf(outcome), "begin refused", slog.String("correlation_id", corr), slog.String("code", code), slog.String("err", err.Error()))
+	}
+	return resp, err
+}
+
+func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+	now := s.cfg.Now()
+
+	// 1. The EK public key and the device ID derived from it.
+	ekPub, err := attest.ParseEKPublic(req.EKPublic)
+	if err != nil {
+		return nil, s.refuse(err)
+	}
+	deviceID, err := attest.DeviceID(ekPub)
+	if err != nil {
+		return nil, s.refuse(err)
+	}
+
+	// 2. Admission: a certificate chaining to a manufacturer root, or a
+	// factory pre-registration of this EK.
+	sess := &store.Session{DeviceID: deviceID, CorrelationID: corr, EKPublic: req.EKPublic,
+		Device: store.DeviceInfo{Hostname: req.Device.Hostname, AgentVersion: req.Device.AgentVersion}}
+	if err := s.admit(ctx, sess, req, ekPub, now); err != nil {
+		return nil, err
+	}
+
+	// 3. The AK must be a restricted TPM key; MakeCredential binds the
+	// challenge to the AK's name under this EK, so only the TPM holding
+	// both can answer it.
+	akParams := goattest.AttestationParameters{
+		Public:            req.AK.Public,
+		CreateData:        req.AK.CreateData,
+		CreateAttestation: req.AK.CreateAttestation,
+		CreateSignature:   req.AK.CreateSignature,
+	}
+	secret, ec, err := attest.NewActivationChallenge(s.cfg.Rand, ekPub, akParams)
+	if err != nil {
+		return nil, s.refuse(err)
+	}
+
+	// 4. A fresh session: random ID and nonce; the store keeps only a hash
+	// of the expected activation proof, never the secret.
+	sess.ID, err = s.randomHex(api.SessionIDLen / 2)
+	if err != nil {
+		return nil, err
+	}
+	sess.Nonce = make([]byte, api.NonceSize)
+	if _, err := io.ReadFull(s.cfg.Rand, sess.Nonce); err != nil {
+		return nil, fmt.Errorf("generating nonce: %w", err)
+	}
+	proof := api.ActivationProof(secret, sess.ID)
+	proofHash := sha256.Sum256(proof)
+	sess.ProofHash = proofHash[:]
+	sess.AKPublic = req.AK.Public
+	sess.PCRs = slices.Clone(s.cfg.PCRs)
+	sess.CreatedAt = now
+	sess.ExpiresAt = now.Add(s.cfg.SessionTTL)
+	if err := s.cfg.Store.CreateSession(ctx, sess); err != nil {
+		return nil, fmt.Errorf("storing session: %w", err)
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "enrollment begun", slog.String("correlation_id", corr),
+		slog.String("device_id", deviceID), slog.String("session_id", sess.ID), slog.String("admission", string(sess.Admission)))
+	return &api.BeginResponse{
+		SessionID: sess.ID,
+		DeviceID:  deviceID,
+		Challenge: api.EncryptedCredential{Credential: ec.Credential, Secret: ec.Secret},
+		Nonce:     sess.Nonce,
+		PCRs:      sess.PCRs,
+		ExpiresAt: sess.ExpiresAt,
+	}, nil
+}
+
+// admit decides whether the EK is trusted and records why in sess.
+func (s *Server) admit(ctx context.Context, sess *store.Session, req *api.BeginRequest, ekPub any, now time.Time) error {
+	var certErr error
+	if len(req.EKCertificate) > 0 {
+		if s.cfg.ManufacturerRoots == nil {
+			certErr = errors.New("no manufacturer roots are configured")
+		} else {
+			_, certErr = attest.VerifyEKCertificate(req.EKCertificate, ekPub, s.cfg.ManufacturerRoots, s.cfg.ManufacturerIntermediates, now)
+		}
+		if certErr == nil {
+			sess.Admission = store.AdmissionEKCertificate
+			s.applyPrereg(ctx, sess)
+			return nil
+		}
+		// A certificate for another key is a forgery, not an unknown
+		// vendor: no pre-registration excuses it.
+		var ve *attest.VerificationError
+		if errors.As(certErr, &ve) && ve.Reason == attest.ReasonEKMismatch {
+			return s.refuse(certErr)
+		}
+	}
+	if reg, err := s.cfg.Store.Preregistration(ctx, sess.DeviceID); err == nil {
+		sess.Admission = store.AdmissionPreregistered
+		sess.Serial, sess.Group = reg.Serial, reg.Group
+		return nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("reading pre-registration: %w", err)
+	}
+	if certErr != nil {
+		return s.refuse(certErr)
+	}
+	return api.Errorf(api.CodeNotRegistered, "device %s has no EK certificate and was not pre-registered: register it with `enrollctl preregister --ek-hash %s`", sess.DeviceID, sess.DeviceID)
+}
+
+// applyPrereg copies factory data for a device that is also pre-registered.
+func (s *Server) applyPrereg(ctx context.Context, sess *store.Session) {
+	if reg, err := s.cfg.Store.Preregistration(ctx, sess.DeviceID); err == nil {
+		sess.Serial, sess.Group = reg.Serial, reg.Group
+	}
+}
+
+// Finish checks the device's answer to the challenge and, if every step
+// holds, issues its certificate and bundle. A repeated identical finish of
+// a completed session returns the same result.
+func (s *Server) Finish(ctx context.Context, corr string, req *api.FinishRequest) (*api.FinishResponse, error) {
+	digest, err := requestDigest(req)
+	if err != nil {
+		return nil, err
+	}
+	// Concurrent duplicates (a client retrying on a slow link) share one
+	// verification and one issuance.
+	v, err, _ := s.finish.Do(req.SessionID+hex.EncodeToString(digest), func() (any, error) {
+		return s.finishOnce(ctx, corr, req, digest)
+	})
+	outcome, code := outcomeOf(err)
+	s.metrics.enrollments.WithLabelValues(outcome, code).Inc()
+	if err != nil {
+		s.log.LogAttrs(ctx, levelOf(outcome), "finish refused", slog.String("correlation_id", corr),
+			slog.String("session_id", req.SessionID), slog.String("code", code), slog.String("err", err.Error()))
+		return nil, err
+	}
+	return v.(*api.FinishResponse), nil
+}
+
+func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishRequest, digest []byte) (*api.FinishResponse, error) {
+	now := s.cfg.Now()
+
+	// 1. The session: live, unexpired, unused.
+	sess, err := s.cfg.Store.Session(ctx, req.SessionID, now)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return s.replayedFinish(ctx, req.SessionID, digest)
+	case errors.Is(err, store.ErrSessionExpired):
+		return nil, api.Errorf(api.CodeNonceUnknownOrUsed, "session %s expired; start again with begin", req.SessionID)
+	case err != nil:
+		return nil, fmt.Errorf("reading session: %w", err)
+	}
+
+	// 2. Credential activation: only the TPM holding the EK could recover
+	// the secret bound to this AK.
+	got := sha256.Sum256(req.ActivationProof)
+	if err := attest.VerifyActivationProof(sess.ProofHash, got[:]); err != nil {
+		return nil, s.refuse(err)
+	}
+
+	// 3. The quote: signed by the activated AK, over this session's nonce
+	// and the PCRs we asked for.
+	ak, err := attest.ParseAKPublic(sess.AKPublic)
+	if err != nil {
+		return nil, s.refuse(err)
+	}
+	pcrs := make(map[int][]byte, len(req.PCRs))
+	for _, p := range req.PCRs {
+		pcrs[p.Index] = p.Digest
+	}
+	if _, err := attest.VerifyQuote(ak, req.Quote.Quote, req.Quote.Signature, pcrs, sess.Nonce, sess.PCRs); err != nil {
+		return nil, s.refuse(err)
+	}
+
+	// 4. The TPM key: certified by the same AK, so it lives in the same
+	// TPM; the CSR must carry exactly that key.
+	keyPub, err := attest.VerifyKeyCertification(ak, goattest.CertificationParameters{
+		Public:            req.Key.Public,
+		CreateAttestation: req.Key.CreateAttestation,
+		CreateSignature:   req.Key.CreateSignature,
+	})
+	if err != nil {
+		return nil, s.refuse(err)
+	}
+	if _, err := attest.VerifyCSR(req.CSR, keyPub); err != nil {
+		return nil, s.refuse(err)
+	}
+	keyDER, err := x509.MarshalPKIXPublicKey(keyPub)
+	if err != nil {
+		return nil, fmt.Errorf("encoding certified key: %w", err)
+	}
+
+	// 5. Issue the certificate and sign the bundle.
+	issueStart := time.Now()
+	issued, err := s.cfg.Issuer.IssueDevice(ctx, pki.DeviceCertRequest{DeviceID: sess.DeviceID, PublicKey: keyPub, Lifetime: s.cfg.LeafLifetime})
+	if err != nil {
+		return nil, fmt.Errorf("issuing certificate: %w", err)
+	}
+	prev, err := s.cfg.Store.Device(ctx, sess.DeviceID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("reading device: %w", err)
+	}
+	version, config, err := s.cfg.Bundles.Bundle(ctx, prev)
+	if err != nil {
+		return nil, fmt.Errorf("reading bundle config: %w", err)
+	}
+	bundle, err := s.cfg.CA.SignBundle(pki.Bundle{DeviceID: sess.DeviceID, Version: version, IssuedAt: now, ExpiresAt: now.Add(s.cfg.BundleLifetime), Config: config})
+	if err != nil {
+		return nil, fmt.Errorf("signing bundle: %w", err)
+	}
+	s.metrics.issuance.Observe(time.Since(issueStart).Seconds())
+	chain := make([][]byte, len(issued.Chain))
+	for i, c := range issued.Chain {
+		chain[i] = c.Raw
+	}
+
+	// 6. Record the enrollment and consume the session in one transaction.
+	serial := issued.Leaf.SerialNumber.Text(16)
+	dev, err := s.cfg.Store.FinishEnrollment(ctx, sess.ID, now, &store.IssuedCertificate{
+		Serial: serial, DeviceID: sess.DeviceID, SessionID: sess.ID,
+		NotBefore: issued.Leaf.NotBefore, NotAfter: issued.Leaf.NotAfter,
+	}, func(prev *store.Device) (*store.Device, error) {
+		d := &store.Device{FirstEnrolledAt: now}
+		if prev != nil {
+			*d = *prev
+		}
+		d.ID, d.Status, d.Admission = sess.DeviceID, store.StatusEnrolled, sess.Admission
+		d.EKPublic, d.AKPublic, d.KeyPublic = sess.EKPublic, sess.AKPublic, keyDER
+		d.Serial, d.Group, d.Info = sess.Serial, sess.Group, sess.Device
+		d.CertificateChain, d.CertSerial, d.CertNotAfter = chain, serial, issued.Leaf.NotAfter
+		d.Bundle, d.BundleVersion = bundle, version
+		d.LastSessionID, d.LastFinishDigest = sess.ID, digest
+		d.Enrollments++
+		d.LastEnrolledAt = now
+		return d, nil
+	})
+	switch {
+	case errors.Is(err, store.ErrSessionUsed):
+		// A concurrent finish with other evidence won the session.
+		return nil, api.Errorf(api.CodeNonceUnknownOrUsed, "session %s was already used", sess.ID)
+	case errors.Is(err, store.ErrSessionExpired):
+		return nil, api.Errorf(api.CodeNonceUnknownOrUsed, "session %s expired; start again with begin", sess.ID)
+	case err != nil:
+		return nil, fmt.Errorf("recording enrollment: %w", err)
+	}
+	s.metrics.timeToFinish.Observe(now.Sub(sess.CreatedAt).Seconds())
+	s.log.LogAttrs(ctx, slog.LevelInfo, "device enrolled", slog.String("correlation_id", corr),
+		slog.String("device_id", dev.ID), slog.String("session_id", sess.ID), slog.String("cert_serial", serial),
+		slog.Time("not_after", issued.Leaf.NotAfter), slog.Uint64("bundle_version", version), slog.Int("enrollments", dev.Enrollments))
+	return finishResponse(dev), nil
+}
+
+// replayedFinish answers a finish whose session is gone: the same request
+// again gets the same result; anything else is a reused nonce.
+func (s *Server) replayedFinish(ctx context.Context, sessionID string, digest []byte) (*api.FinishResponse, error) {
+	refused := api.Errorf(api.CodeNonceUnknownOrUsed, "session %s is unknown or already used; start again with begin", sessionID)
+	deviceID, err := s.cfg.Store.CompletedSession(ctx, sessionID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, refused
+	} else if err != nil {
+		return nil, fmt.Errorf("reading completed session: %w", err)
+	}
+	dev, err := s.cfg.Store.Device(ctx, deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("reading device: %w", err)
+	}
+	if dev.LastSessionID != sessionID || subtle.ConstantTimeCompare(dev.LastFinishDigest, digest) != 1 {
+		return nil, refused
+	}
+	return finishResponse(dev), nil
+}
+
+func finishResponse(d *store.Device) *api.FinishResponse {
+	return &api.FinishResponse{DeviceID: d.ID, CertificateChain: d.CertificateChain, NotAfter: d.CertNotAfter, Bundle: d.Bundle}
+}
+
+// Whoami returns the identity of a caller whose TLS client certificate
+// already verified against the enrollment root.
+func (s *Server) Whoami(ctx context.Context, leaf *x509.Certificate) (*api.WhoamiResponse, error) {
+	id, err := pki.DeviceIDFromCertificate(leaf, s.cfg.CA.TrustDomain())
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnauthenticated, "client certificate is not a device certificate: %v", err)
+	}
+	serial := leaf.SerialNumber.Text(16)
+	rec, err := s.cfg.Store.Certificate(ctx, serial)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.DeviceID != id) {
+		return nil, api.Errorf(api.CodeUnauthenticated, "certificate %s was not issued to device %s by this server", serial, id)
+	} else if err != nil {
+		return nil, fmt.Errorf("reading certificate record: %w", err)
+	}
+	return &api.WhoamiResponse{DeviceID: id, Serial: serial, NotAfter: leaf.NotAfter}, nil
+}
+
+// TrustDomain is the CA's trust domain.
+func (s *Server) TrustDomain() string { return s.cfg.CA.TrustDomain() }
+
+// PurgeExpiredSessions removes dead sessions; the daemon calls it
+// periodically.
+func (s *Server) PurgeExpiredSessions(ctx context.Context) (int, error) {
+	return s.cfg.Store.PurgeExpiredSessions(ctx, s.cfg.Now())
+}
+
+// refuse maps an attest verdict to its wire code and counts it.
+func (s *Server) refuse(err error) error {
+	var ve *attest.VerificationError
+	if !errors.As(err, &ve) {
+		return api.Errorf(api.CodeBadRequest, "%v", err)
+	}
+	s.metrics.attestationFailures.WithLabelValues(ve.Reason.String()).Inc()
+	return &api.Error{Code: codeOf(ve.Reason), Message: err.Error()}
+}
+
+func codeOf(r attest.Reason) api.Code {
+	switch r {
+	case attest.ReasonEKUntrusted, attest.ReasonEKMismatch, attest.ReasonEKWeak:
+		return api.CodeEKUntrusted
+	case attest.ReasonAKInvalid:
+		return api.CodeAKInvalid
+	case attest.ReasonActivationFailed:
+		return api.CodeActivationFailed
+	case attest.ReasonQuoteSignature, attest.ReasonQuoteNonce, attest.ReasonPCRMismatch:
+		return api.CodeQuoteInvalid
+	case attest.ReasonKeyNotCertified, attest.ReasonCSRKeyMismatch:
+		return api.CodeKeyNotCertified
+	default:
+		return api.CodeBadRequest
+	}
+}
+
+// outcomeOf classifies an error for metrics: refused (the device's fault,
+// with its code) or error (ours).
+func outcomeOf(err error) (outcome, code string) {
+	if err == nil {
+		return "success", ""
+	}
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		if ae.Code == api.CodeInternal || ae.Code == api.CodeUnavailable {
+			return "error", string(ae.Code)
+		}
+		return "refused", string(ae.Code)
+	}
+	return "error", string(api.CodeInternal)
+}
+
+func levelOf(outcome string) slog.Level {
+	if outcome == "error" {
+		return slog.LevelError
+	}
+	return slog.LevelWarn
+}
+
+// requestDigest identifies a finish request's content. encoding/json
+// output is deterministic for a struct, so equal requests digest equal.
+func requestDigest(req *api.FinishRequest) ([]byte, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encoding finish request: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return sum[:], nil
+}
+
+func (s *Server) randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(s.cfg.Rand, b); err != nil {
+		return "", fmt.Errorf("reading randomness: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}

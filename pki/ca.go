@@ -1,0 +1,246 @@
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/x509util"
+)
+
+// CA is the embedded certificate authority. It is immutable once loaded and
+// safe for concurrent use. Its intermediate and bundle-signing keys are held
+// in memory; the root key stays on disk. Formatting a CA (fmt, log/slog)
+// prints its trust domain and root serial, never a key.
+type CA struct {
+	trustDomain string
+	now         func() time.Time
+
+	root            *x509.Certificate
+	intermediate    *x509.Certificate
+	intermediateKey crypto.Signer
+	bundleSigner    *x509.Certificate
+	bundleKey       crypto.Signer
+}
+
+// LoadOrCreateCA loads the CA from dir or, on first start, creates it.
+//
+// A new CA has an ECDSA P-256 root (self-signed, path length 1), an
+// intermediate (path length 0) signed by the root, and a bundle-signing leaf
+// (DigitalSignature, ExtKeyUsage CodeSigning only) signed by the
+// intermediate, stored as the PEM files named by the *File constants. dir is
+// created with mode 0700; each file is written atomically (temporary file,
+// fsync, hard link, which never replaces an existing file) and keys get mode
+// 0600.
+//
+// Loading refuses a key file that group or others can access
+// (ErrKeyPermissions), a directory holding only some of the files
+// (ErrCAIncomplete, naming the missing ones; keys are never regenerated over
+// a partial directory) and files that do not form one CA (ErrCACorrupt).
+// Validity periods are checked when the CA is used, not when it is loaded.
+func LoadOrCreateCA(dir string, opts *Options) (*CA, error) {
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("%w: ca directory is empty; name a directory", ErrOptions)
+	}
+	present, missing, err := inspectDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(present) == 0:
+		return createCA(dir, cfg)
+	case len(missing) > 0:
+		return nil, fmt.Errorf("%w: %s has %s but is missing %s; restore the missing files from a backup, or move the directory aside to create a new CA (devices must then be given the new root)",
+			ErrCAIncomplete, dir, strings.Join(present, ", "), strings.Join(missing, ", "))
+	default:
+		return loadCA(dir, cfg)
+	}
+}
+
+func createCA(dir string, cfg config) (*CA, error) {
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return nil, fmt.Errorf("creating ca directory: %w", err)
+	}
+	now := cfg.now()
+	notBefore := now.Add(-Backdate)
+	rootNotAfter := now.Add(cfg.rootLifetime)
+	interNotAfter := minTime(now.Add(cfg.intermediateLifetime), rootNotAfter)
+
+	rootKey, err := newP256Key()
+	if err != nil {
+		return nil, err
+	}
+	rootTmpl := rootProfile(cfg.trustDomain, rootKey.Public(), notBefore, rootNotAfter)
+	root, err := x509util.CreateCertificate(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating root certificate: %w", err)
+	}
+
+	interKey, err := newP256Key()
+	if err != nil {
+		return nil, err
+	}
+	inter, err := x509util.CreateCertificate(intermediateProfile(cfg.trustDomain, interKey.Public(), notBefore, interNotAfter), root, interKey.Public(), rootKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating intermediate certificate: %w", err)
+	}
+
+	// The bundle signer lives as long as the intermediate: a device rejects
+	// a bundle whose signer has expired, even one it has cached.
+	signerKey, err := newP256Key()
+	if err != nil {
+		return nil, err
+	}
+	signer, err := x509util.CreateCertificate(bundleSignerProfile(cfg.trustDomain, signerKey.Public(), notBefore, interNotAfter), inter, signerKey.Public(), interKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating bundle signer certificate: %w", err)
+	}
+
+	files, err := encodeCAFiles([]caItem{
+		{name: RootCertFile, cert: root}, {name: RootKeyFile, key: rootKey},
+		{name: IntermediateCertFile, cert: inter}, {name: IntermediateKeyFile, key: interKey},
+		{name: BundleSignerCertFile, cert: signer}, {name: BundleSignerKeyFile, key: signerKey},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, f := range files {
+			clear(f.data)
+		}
+	}()
+	if err := writeCAFiles(dir, files); err != nil {
+		return nil, err
+	}
+	return newCA(cfg, root, inter, interKey, signer, signerKey), nil
+}
+
+func loadCA(dir string, cfg config) (*CA, error) {
+	root, err := loadCertificate(dir, RootCertFile)
+	if err != nil {
+		return nil, err
+	}
+	rootKey, err := loadKey(dir, RootKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	inter, err := loadCertificate(dir, IntermediateCertFile)
+	if err != nil {
+		return nil, err
+	}
+	interKey, err := loadKey(dir, IntermediateKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := loadCertificate(dir, BundleSignerCertFile)
+	if err != nil {
+		return nil, err
+	}
+	signerKey, err := loadKey(dir, BundleSignerKeyFile)
+	if err != nil {
+		return nil, err
+	}
+
+	// Check that the files form one CA. Each step names what is wrong.
+	checks := []struct {
+		ok   bool
+		what string
+	}{
+		{root.IsCA && root.CheckSignatureFrom(root) == nil, RootCertFile + " is not a self-signed CA certificate"},
+		{keyutil.VerifyPair(root.PublicKey, rootKey) == nil, RootKeyFile + " does not match " + RootCertFile},
+		{inter.IsCA && inter.CheckSignatureFrom(root) == nil, IntermediateCertFile + " is not a CA certificate signed by " + RootCertFile},
+		{keyutil.VerifyPair(inter.PublicKey, interKey) == nil, IntermediateKeyFile + " does not match " + IntermediateCertFile},
+		{!signer.IsCA && signer.CheckSignatureFrom(inter) == nil, BundleSignerCertFile + " is not a leaf certificate signed by " + IntermediateCertFile},
+		{isBundleSigner(signer), BundleSignerCertFile + " is not an ECDSA P-256 code-signing certificate"},
+		{keyutil.VerifyPair(signer.PublicKey, signerKey) == nil, BundleSignerKeyFile + " does not match " + BundleSignerCertFile},
+	}
+	for _, c := range checks {
+		if !c.ok {
+			return nil, fmt.Errorf("%w: in %s: %s", ErrCACorrupt, dir, c.what)
+		}
+	}
+	return newCA(cfg, root, inter, interKey, signer, signerKey), nil
+}
+
+func newCA(cfg config, root, inter *x509.Certificate, interKey crypto.Signer, signer *x509.Certificate, signerKey crypto.Signer) *CA {
+	return &CA{
+		trustDomain:     cfg.trustDomain,
+		now:             cfg.now,
+		root:            root,
+		intermediate:    inter,
+		intermediateKey: interKey,
+		bundleSigner:    signer,
+		bundleKey:       signerKey,
+	}
+}
+
+// isBundleSigner reports whether cert has the bundle-signing profile
+// VerifyBundle requires of an x5c leaf.
+func isBundleSigner(cert *x509.Certificate) bool {
+	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	return ok && pub.Curve == elliptic.P256() &&
+		!cert.IsCA &&
+		cert.KeyUsage&x509.KeyUsageDigitalSignature != 0 &&
+		slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageCodeSigning)
+}
+
+func newP256Key() (crypto.Signer, error) {
+	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return nil, fmt.Errorf("generating key: %w", err)
+	}
+	return key, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Root returns the root certificate. Callers must not modify it.
+func (ca *CA) Root() *x509.Certificate { return ca.root }
+
+// RootPool returns a new pool holding only the root certificate, for
+// verifying device and server certificates and config bundles.
+func (ca *CA) RootPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.root)
+	return pool
+}
+
+// Intermediate returns the intermediate certificate that signs device and
+// server certificates. Callers must not modify it.
+func (ca *CA) Intermediate() *x509.Certificate { return ca.intermediate }
+
+// BundleSigner returns the certificate whose key signs config bundles.
+// Callers must not modify it.
+func (ca *CA) BundleSigner() *x509.Certificate { return ca.bundleSigner }
+
+// TrustDomain returns the trust domain of the device URIs this CA issues.
+func (ca *CA) TrustDomain() string { return ca.trustDomain }
+
+// String describes the CA without its keys.
+func (ca *CA) String() string {
+	return fmt.Sprintf("pki.CA{trust domain %s, root serial %x, root expires %s}",
+		ca.trustDomain, ca.root.SerialNumber, ca.root.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// Format makes every fmt verb (%v, %+v, %#v, %d, ...) print String, so that
+// logging a CA can never print its keys.
+func (ca *CA) Format(f fmt.State, _ rune) {
+	_, _ = io.WriteString(f, ca.String())
+}

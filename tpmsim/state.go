@@ -1,0 +1,117 @@
+//go:build cgo
+
+package tpmsim
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	goattest "github.com/google/go-attestation/attest"
+)
+
+// Files of a simulated device's state directory.
+const (
+	// SeedFile holds the decimal seed from which the simulator derives
+	// its hierarchy seeds, and so the EK: the device's identity.
+	SeedFile = "seed"
+	// EKCertFile holds the DER EK certificate the "factory" issued.
+	EKCertFile = "ek_certificate.der"
+)
+
+// ManufacturerCertPath is the manufacturer root a server must trust to
+// admit devices certified by the CA in dir.
+func ManufacturerCertPath(dir string) string { return filepath.Join(dir, ManufacturerCertFile) }
+
+// OpenState opens a simulated TPM whose identity persists in dir: the seed
+// is created on first use (mode 0600), and an EK certificate in dir is
+// written into the TPM's NV at every start, since the simulator's NV does
+// not outlive the process. The seed is the simulated TPM's secret, which
+// is why this package is for demos and tests only.
+func OpenState(dir string) (*TPM, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating simulator state %s: %w", dir, err)
+	}
+	seed, err := loadOrCreateSeed(filepath.Join(dir, SeedFile))
+	if err != nil {
+		return nil, err
+	}
+	t, err := Open(seed)
+	if err != nil {
+		return nil, err
+	}
+	der, err := os.ReadFile(filepath.Join(dir, EKCertFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return t, nil
+	case err != nil:
+		t.Close()
+		return nil, fmt.Errorf("reading EK certificate: %w", err)
+	}
+	if err := ProvisionEKCertificate(t, der); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// ManufactureState plays the TPM vendor for the simulated TPM in dir: it
+// reads the RSA EK, has m certify it, and stores the certificate in dir.
+// It returns the certificate (DER). Re-running issues a fresh certificate
+// for the same EK.
+func ManufactureState(dir string, m *Manufacturer) ([]byte, error) {
+	t, err := OpenState(dir)
+	if err != nil {
+		return nil, err
+	}
+	tpm, err := goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: t})
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("opening simulated TPM: %w", err)
+	}
+	defer tpm.Close()
+	eks, err := tpm.EKs()
+	if err != nil || len(eks) == 0 {
+		return nil, fmt.Errorf("reading EK: %v", err)
+	}
+	der, err := m.IssueEKCertificate(eks[0].Public)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, EKCertFile), der, 0o644); err != nil {
+		return nil, fmt.Errorf("writing EK certificate: %w", err)
+	}
+	return der, nil
+}
+
+func loadOrCreateSeed(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		seed, perr := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if perr != nil || seed == 0 {
+			return 0, fmt.Errorf("simulator seed file %s is corrupt: want a non-zero decimal integer", path)
+		}
+		return seed, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("reading simulator seed: %w", err)
+	}
+	var seed int64
+	for seed == 0 {
+		var buf [8]byte
+		if _, err := rand.Read(buf[:]); err != nil {
+			return 0, err
+		}
+		seed = int64(binary.LittleEndian.Uint64(buf[:]) >> 1)
+	}
+	if err := writeFileAtomic(path, []byte(strconv.FormatInt(seed, 10)+"\n"), 0o600); err != nil {
+		return 0, fmt.Errorf("writing simulator seed: %w", err)
+	}
+	return seed, nil
+}
