@@ -25,6 +25,7 @@ var (
 	oidTCGTPMManufacturer = asn1.ObjectIdentifier{2, 23, 133, 2, 1} // tcg-at-tpmManufacturer
 	oidTCGTPMModel        = asn1.ObjectIdentifier{2, 23, 133, 2, 2} // tcg-at-tpmModel
 	oidTCGTPMVersion      = asn1.ObjectIdentifier{2, 23, 133, 2, 3} // tcg-at-tpmVersion
+	oidTCGAttributes      = asn1.ObjectIdentifier{2, 23, 133, 2}    // tcg-attribute arc
 )
 
 // maxTPMAttributeLen bounds each TPM attribute string in the subjectAltName.
@@ -210,10 +211,11 @@ func checkEKUsage(cert *x509.Certificate) error {
 
 // parseTCGSubjectAltName decodes the subjectAltName of a TCG EK certificate
 // (TCG EK Credential Profile 2.0, 3.2.9): GeneralNames holding exactly one
-// directoryName ([4] EXPLICIT Name) whose attributes are exactly
-// tcg-at-tpmManufacturer, tcg-at-tpmModel and tcg-at-tpmVersion, each once,
-// as strings. Vendors put them in one multi-valued RDN or in three RDNs;
-// both are accepted.
+// directoryName ([4] EXPLICIT Name) carrying tcg-at-tpmManufacturer,
+// tcg-at-tpmModel and tcg-at-tpmVersion, each exactly once, as strings.
+// Vendors put them in one multi-valued RDN or in three RDNs; both are
+// accepted. Other TCG attributes (2.23.133.2.*, such as tcg-at-tpmIdLabel)
+// are tolerated and ignored; an attribute outside the TCG arc is refused.
 func parseTCGSubjectAltName(der []byte) (manufacturer, model, version string, err error) {
 	var names []asn1.RawValue
 	rest, err := asn1.Unmarshal(der, &names)
@@ -255,6 +257,8 @@ func parseTCGSubjectAltName(der []byte) (manufacturer, model, version string, er
 				dst = &model
 			case atv.Type.Equal(oidTCGTPMVersion):
 				dst = &version
+			case isTCGAttribute(atv.Type):
+				continue // optional TCG attribute, not used
 			default:
 				return "", "", "", fmt.Errorf("unexpected attribute %v in directoryName", atv.Type)
 			}
@@ -268,4 +272,9 @@ func parseTCGSubjectAltName(der []byte) (manufacturer, model, version string, er
 		return "", "", "", errors.New("directoryName lacks TPM manufacturer, model or version")
 	}
 	return manufacturer, model, version, nil
+}
+
+// isTCGAttribute reports whether oid is under the TCG attribute arc.
+func isTCGAttribute(oid asn1.ObjectIdentifier) bool {
+	return len(oid) == len(oidTCGAttributes)+1 && oid[:len(oidTCGAttributes)].Equal(oidTCGAttributes)
 }

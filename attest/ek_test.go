@@ -206,6 +206,7 @@ func TestVerifyEKCertificate(t *testing.T) {
 			{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 1}, Value: utf8("id:53544D20")}},
 			{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 2}, Value: utf8("ST33")}},
 			{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 3}, Value: utf8("id:00010102")}},
+			{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 15}, Value: utf8("optional TPM ID label")}},
 		})
 		value, _ := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: name}})
 		der := issueRaw(t, f.mfr, &ecEK.PublicKey, &x509.Certificate{

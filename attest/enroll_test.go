@@ -329,6 +329,12 @@ func TestVerifyQuoteRejects(t *testing.T) {
 	if _, err := attest.VerifyQuote(liveAK, liveQuote.Quote, liveQuote.Signature, ev.pcrs, ev.nonce, quotedPCRs); err != nil {
 		t.Fatalf("control: VerifyQuote with the live AK: %v", err)
 	}
+	var rsaAK *attest.AKPublic
+	f.withAK(t, goattest.RSA, func(ak *goattest.AK) {
+		if rsaAK, err = attest.VerifyAKParameters(ak.AttestationParameters()); err != nil {
+			t.Fatal(err)
+		}
+	})
 	sha1PCRs := map[int][]byte{}
 	for i := range ev.pcrs {
 		sha1PCRs[i] = make([]byte, 20)
@@ -358,6 +364,7 @@ func TestVerifyQuoteRejects(t *testing.T) {
 			a.quote, a.sig = otherAKQuote.Quote, otherAKQuote.Signature
 		}, attest.ReasonQuoteSignature},
 		{"verified with a different AK", func(a *args) { a.ak = liveAK }, attest.ReasonQuoteSignature},
+		{"ECDSA quote verified with an RSA AK", func(a *args) { a.ak = rsaAK }, attest.ReasonQuoteSignature},
 		{"quote body tampered", func(a *args) { a.quote = flip(a.quote, 50) }, attest.ReasonQuoteSignature},
 		{"signature tampered", func(a *args) { a.sig = flip(a.sig, -1) }, attest.ReasonQuoteSignature},
 		{"PCR value altered", func(a *args) { a.pcrs[3] = flip(a.pcrs[3], 0) }, attest.ReasonPCRMismatch},

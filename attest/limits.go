@@ -43,8 +43,10 @@ const (
 	// certified key.
 	MinRSABits = 2048
 	// MaxRSABits bounds RSA keys so one request cannot make the server do
-	// arbitrarily expensive RSA operations.
-	MaxRSABits = 8192
+	// arbitrarily expensive RSA operations, and so an RSA public area and
+	// signature fit MaxTPMPublicSize and MaxSignatureSize. TPMs implement
+	// RSA 2048 and sometimes 3072 or 4096.
+	MaxRSABits = 4096
 
 	// ActivationSecretSize is the size of the credential activation
 	// secret (go-attestation generates 32 bytes).

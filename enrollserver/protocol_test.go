@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 // go-attestation. Its AK and key are kept as TPM-wrapped blobs and loaded
 // only while used: the simulator holds about two transient objects.
 type device struct {
-	t       *testing.T
+	t       testing.TB
 	tpm     *goattest.TPM
 	ek      goattest.EK
 	ekDER   []byte
@@ -65,7 +65,7 @@ type device struct {
 	keyBlob []byte
 }
 
-func newDevice(t *testing.T, mfr *tpmsim.Manufacturer) *device {
+func newDevice(t testing.TB, mfr *tpmsim.Manufacturer) *device {
 	t.Helper()
 	if sim == nil {
 		t.Fatalf("the TPM simulator is required (cgo, gcc, libssl-dev): %v", simErr)

@@ -1,11 +1,13 @@
 package tpmsim_test
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/x509"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	goattest "github.com/google/go-attestation/attest"
@@ -224,5 +226,50 @@ func TestIssueEKCertificateSAN(t *testing.T) {
 	}
 	if !found {
 		t.Error("no subjectAltName")
+	}
+}
+
+func TestStateDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tpm")
+	m, err := tpmsim.LoadOrCreateManufacturer(filepath.Join(t.TempDir(), "mfr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := tpmsim.ManufactureState(dir, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, tpmsim.SeedFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("seed file: %v, %v; want mode 0600", fi, err)
+	}
+	// A reopened state has the same EK, with its certificate back in NV.
+	sim, err := tpmsim.OpenState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: sim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	eks, err := tpm.EKs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eks[0].Certificate == nil || !bytes.Equal(eks[0].Certificate.Raw, der) {
+		t.Fatal("reopened state lacks the manufactured EK certificate")
+	}
+	if !equalKeys(eks[0].Certificate.PublicKey, eks[0].Public) {
+		t.Error("EK certificate is for another key")
+	}
+}
+
+func TestStateCorruptSeed(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, tpmsim.SeedFile), []byte("not a number\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tpmsim.OpenState(dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("corrupt seed: got %v", err)
 	}
 }

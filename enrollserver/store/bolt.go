@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,6 +49,22 @@ func DefaultOptions() *Options {
 // Bolt is the embedded bbolt implementation of Store.
 type Bolt struct {
 	db *bolt.DB
+	// writers counts write transactions in flight, to choose between a
+	// direct commit and a group commit.
+	writers atomic.Int32
+}
+
+// write runs fn in a write transaction. A lone writer commits at once; when
+// others are writing too, bbolt's Batch groups them into one fsync. (Batch
+// alone would make a lone writer wait MaxBatchDelay for company that never
+// comes.) fn may run more than once, so it must only touch tx.
+func (s *Bolt) write(fn func(*bolt.Tx) error) error {
+	n := s.writers.Add(1)
+	defer s.writers.Add(-1)
+	if n == 1 {
+		return s.db.Update(fn)
+	}
+	return s.db.Batch(fn)
 }
 
 var _ Store = (*Bolt)(nil)
@@ -99,7 +116,7 @@ func (s *Bolt) CreateSession(ctx context.Context, sess *Session) error {
 	if err != nil {
 		return fmt.Errorf("encoding session: %w", err)
 	}
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketSessions)
 		if b.Get([]byte(sess.ID)) != nil {
 			return fmt.Errorf("session %s: %w", sess.ID, ErrExists)
@@ -132,7 +149,7 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 	var out *Device
 	// Batch may run the closure more than once: it only reads the
 	// transaction and the pure apply function.
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.write(func(tx *bolt.Tx) error {
 		out = nil
 		sessions := tx.Bucket(bucketSessions)
 		raw := sessions.Get([]byte(id))
