@@ -27,6 +27,7 @@ import (
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
@@ -231,15 +232,16 @@ func newEnv(t *testing.T) *env {
 	roots := x509.NewCertPool()
 	roots.AddCert(mfr.Certificate)
 	e := &env{t: t, ca: ca, store: st, mfr: mfr, now: time.Now()}
+	reg := prometheus.NewRegistry()
 	srv, err := enrollserver.New(enrollserver.Config{
-		Store: st, CA: ca, ManufacturerRoots: roots, SessionTTL: time.Minute,
+		Store: st, CA: ca, ManufacturerRoots: roots, SessionTTL: time.Minute, Registerer: reg,
 		Bundles: enrollserver.StaticBundle{Version: 3, Config: json.RawMessage(`{"k":"v"}`)},
 		Now:     e.clock,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{}))
+	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{Gatherer: reg}))
 	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -49,7 +49,17 @@ func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
 	if opts.Gatherer != nil {
 		mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}
+	allowed := map[string]string{
+		api.PathBegin: http.MethodPost, api.PathFinish: http.MethodPost, api.PathWhoami: http.MethodGet,
+		api.PathAdminPreregistrations: http.MethodPost, api.PathAdminDevices: http.MethodGet,
+		api.PathHealthz: http.MethodGet, api.PathReadyz: http.MethodGet, api.PathMetrics: http.MethodGet,
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := allowed[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeError(w, correlationID(r), api.Errorf(api.CodeMethodNotAllowed, "%s takes %s, not %s", r.URL.Path, m, r.Method))
+			return
+		}
 		writeError(w, correlationID(r), api.Errorf(api.CodeNotFound, "no endpoint %s %s", r.Method, r.URL.Path))
 	})
 	return mux
