@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Admin API paths. Every admin call needs an operator client certificate
 // issued by the server's CA (enrolld writes the first one into its data
@@ -60,10 +63,10 @@ func (r *PreregisterRequest) Validate() error {
 		if len(d.Serial) > MaxSerialLen || len(d.Group) > MaxGroupLen {
 			return Errorf(CodeBadRequest, "devices[%d]: serial is limited to %d bytes and group to %d", i, MaxSerialLen, MaxGroupLen)
 		}
-		if err := text("serial", d.Serial); err != nil {
+		if err := text(fmt.Sprintf("devices[%d].serial", i), d.Serial); err != nil {
 			return err
 		}
-		if err := text("group", d.Group); err != nil {
+		if err := text(fmt.Sprintf("devices[%d].group", i), d.Group); err != nil {
 			return err
 		}
 	}

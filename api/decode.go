@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Validator is a message that can check its own shape.
@@ -55,17 +58,39 @@ func Unmarshal(body []byte, v Validator) error {
 const maxJSONDepth = 16
 
 // checkDuplicateKeys walks the token stream and rejects an object that
-// names a key twice (encoding/json would silently keep the last), and
-// nesting deeper than maxJSONDepth.
+// names a key twice (encoding/json would silently keep the last), nesting
+// deeper than maxJSONDepth, and invalid UTF-8 (encoding/json would silently
+// replace it with U+FFFD). Keys are compared the way encoding/json matches
+// them to fields, ignoring case, so "ek_public" and "EK_PUBLIC" are
+// duplicates.
 func checkDuplicateKeys(body []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	type frame struct {
 		keys      map[string]bool
 		object    bool
 		expectKey bool
+		key       string // object: the key whose value is being read
+		index     int    // array: the index of the element being read
 	}
 	var stack []*frame
+	// path names the value being read, such as "ak.public" or
+	// "devices[3].serial", for error messages.
+	path := func() string {
+		var b strings.Builder
+		for _, f := range stack {
+			if !f.object {
+				fmt.Fprintf(&b, "[%d]", f.index)
+				continue
+			}
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(f.key)
+		}
+		return b.String()
+	}
 	for {
+		off := dec.InputOffset()
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -77,6 +102,14 @@ func checkDuplicateKeys(body []byte) error {
 		if len(stack) > 0 {
 			top = stack[len(stack)-1]
 		}
+		// Only separators (ASCII) lie between tokens, so this checks the
+		// token's own bytes.
+		if !utf8.Valid(body[off:dec.InputOffset()]) {
+			if top != nil && top.object && top.expectKey {
+				return fmt.Errorf("a key in %.128q is not valid UTF-8", path())
+			}
+			return fmt.Errorf("%.128q is not valid UTF-8", path())
+		}
 		switch t := tok.(type) {
 		case json.Delim:
 			switch t {
@@ -85,28 +118,55 @@ func checkDuplicateKeys(body []byte) error {
 					top.expectKey = true
 				}
 				if len(stack) >= maxJSONDepth {
-					return fmt.Errorf("nesting deeper than %d", maxJSONDepth)
+					return fmt.Errorf("%.128q nests deeper than %d", path(), maxJSONDepth)
 				}
 				stack = append(stack, &frame{object: t == '{', expectKey: t == '{', keys: map[string]bool{}})
 			case '}', ']':
 				stack = stack[:len(stack)-1]
-				if len(stack) > 0 && stack[len(stack)-1].object {
-					stack[len(stack)-1].expectKey = true
+				if len(stack) > 0 {
+					if parent := stack[len(stack)-1]; parent.object {
+						parent.expectKey = true
+					} else {
+						parent.index++
+					}
 				}
 			}
 		default:
 			if top != nil && top.object {
 				if top.expectKey {
 					k, _ := t.(string)
-					if top.keys[k] {
-						return fmt.Errorf("duplicate key %q", k)
+					top.key = k
+					fk := foldKey(k)
+					if top.keys[fk] {
+						return fmt.Errorf("duplicate key %.128q", path())
 					}
-					top.keys[k] = true
+					top.keys[fk] = true
 					top.expectKey = false
 				} else {
 					top.expectKey = true
 				}
+			} else if top != nil {
+				top.index++
 			}
 		}
 	}
+}
+
+// foldKey folds k so that foldKey(x) == foldKey(y) exactly when
+// encoding/json would match x and y to the same field (bytes.EqualFold):
+// each rune becomes the smallest rune of its simple case-folding orbit.
+func foldKey(k string) string {
+	b := make([]rune, 0, len(k))
+	for _, r := range k {
+		for {
+			r2 := unicode.SimpleFold(r)
+			if r2 <= r {
+				r = r2
+				break
+			}
+			r = r2
+		}
+		b = append(b, r)
+	}
+	return string(b)
 }

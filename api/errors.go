@@ -72,7 +72,7 @@ func (e *Error) Error() string {
 // Is makes errors.Is(err, &api.Error{Code: c}) match on the code alone.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Code == e.Code
+	return ok && t != nil && t.Code == e.Code
 }
 
 // Errorf returns an *Error with a formatted message.

@@ -3,9 +3,9 @@ package api
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -196,8 +196,12 @@ func ValidateSessionID(id string) error {
 	if len(id) != SessionIDLen {
 		return Errorf(CodeBadRequest, "session_id must be %d hex characters, got %d", SessionIDLen, len(id))
 	}
-	if _, err := hex.DecodeString(id); err != nil {
-		return Errorf(CodeBadRequest, "session_id must be lowercase hex")
+	// Not hex.DecodeString: it also accepts upper case, which the server
+	// never issues.
+	for _, c := range id {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return Errorf(CodeBadRequest, "session_id must be lowercase hex")
+		}
 	}
 	return nil
 }
@@ -250,7 +254,7 @@ func text(name, s string) error {
 		return Errorf(CodeBadRequest, "%s is not valid UTF-8", name)
 	}
 	for _, c := range s {
-		if c < 0x20 || c == 0x7f {
+		if unicode.IsControl(c) { // C0, DEL and C1 (such as U+009B CSI)
 			return Errorf(CodeBadRequest, "%s contains control character %U", name, c)
 		}
 	}

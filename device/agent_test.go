@@ -1,0 +1,263 @@
+package device_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/device"
+	"github.com/edgeenroll/edgeenroll/device/cache"
+	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/pki"
+	"github.com/edgeenroll/edgeenroll/tpmsim"
+)
+
+// The agent owns its TPM and closes it; each test manufactures a simulated
+// TPM in a state directory (EK certificate from a test vendor) and opens it
+// for the agent. One simulator per process at a time: tests are sequential.
+
+// server is a real enrollment server on real TLS. rewrite, if set, edits
+// finish responses on their way out: a hostile or broken server.
+type server struct {
+	begins *atomic.Int32 // begin requests seen
+	url    string
+	ca  *pki.CA
+	mfr *tpmsim.Manufacturer
+}
+
+func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufacturer, version uint64, rewrite func(*api.FinishResponse)) *server {
+	t.Helper()
+	dir := t.TempDir()
+	roots := x509.NewCertPool()
+	roots.AddCert(mfr.Certificate)
+	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	srv, err := enrollserver.New(enrollserver.Config{
+		Store: st, CA: ca, Issuer: issuer, ManufacturerRoots: roots,
+		Bundles: enrollserver.StaticBundle{Version: version, Config: json.RawMessage(`{"v":1}`)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := httpapi.NewHandler(srv, httpapi.Options{})
+	if rewrite != nil {
+		h = rewriting(h, rewrite)
+	}
+	begins := new(atomic.Int32)
+	inner := h
+	h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == api.PathBegin {
+			begins.Add(1)
+		}
+		inner.ServeHTTP(w, r)
+	})
+	ts := httptest.NewUnstartedServer(h)
+	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.RootPool()}
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	return &server{url: ts.URL, ca: ca, mfr: mfr, begins: begins}
+}
+
+// rewriting passes finish responses through fn.
+func rewriting(h http.Handler, fn func(*api.FinishResponse)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != api.PathFinish {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		if rec.Code == http.StatusOK {
+			var fr api.FinishResponse
+			if err := json.Unmarshal(body, &fr); err == nil {
+				fn(&fr)
+				body, _ = json.Marshal(&fr)
+			}
+		}
+		w.Header().Set("Content-Type", api.ContentTypeJSON)
+		w.WriteHeader(rec.Code)
+		io.Copy(w, bytes.NewReader(body))
+	})
+}
+
+func newCA(t *testing.T) *pki.CA {
+	t.Helper()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(t.TempDir(), "ca"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// newTPM manufactures a simulated TPM whose EK mfr certifies.
+func newTPM(t *testing.T) (dir string, mfr *tpmsim.Manufacturer) {
+	t.Helper()
+	mfr, err := tpmsim.NewManufacturer("test vendor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = filepath.Join(t.TempDir(), "tpm")
+	if _, err := tpmsim.ManufactureState(dir, mfr); err != nil {
+		t.Fatalf("the TPM simulator is required (cgo, gcc, libssl-dev): %v", err)
+	}
+	return dir, mfr
+}
+
+func newAgent(t *testing.T, s *server, tpmDir, cachePath string) *device.Agent {
+	t.Helper()
+	sim, err := tpmsim.OpenState(tpmDir)
+	if err != nil {
+		t.Fatalf("the TPM simulator is required (cgo, gcc, libssl-dev): %v", err)
+	}
+	a, err := device.New(context.Background(), device.Config{
+		ServerURL: s.url, Roots: s.ca.RootPool(), TPM: sim, CachePath: cachePath,
+		RequestTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+var once = device.RetryPolicy{Attempts: 1}
+
+func TestEnrollAndWhoami(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	s := newServer(t, ca, nil, mfr, 2, nil)
+	cachePath := filepath.Join(t.TempDir(), "agent.db")
+	a := newAgent(t, s, tpmDir, cachePath)
+	res, err := a.Enroll(context.Background(), once)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bundle.Version != 2 || res.Leaf == nil || len(res.Chain) != 2 {
+		t.Fatalf("result = %+v", res)
+	}
+	who, err := a.Whoami(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who.DeviceID != a.DeviceID() {
+		t.Errorf("whoami = %s, want %s", who.DeviceID, a.DeviceID())
+	}
+	e, err := a.Enrollment()
+	if err != nil || e.BundleVersion != 2 || e.DeviceID != a.DeviceID() {
+		t.Errorf("cached enrollment = %+v, %v", e, err)
+	}
+	if fi, err := os.Stat(cachePath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("cache file mode: %v, %v", fi, err)
+	}
+}
+
+// TestRefusesUntrustedAnswers: the agent trusts nothing from the server
+// that does not verify against its root, and caches nothing then.
+func TestRefusesUntrustedAnswers(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	otherCA := newCA(t)
+	cases := []struct {
+		name    string
+		issuer  pki.Issuer
+		rewrite func(*api.FinishResponse)
+		want    string
+	}{
+		{"device certificate from another CA", otherCA, nil, "does not chain to the enrollment root"},
+		{"empty chain", nil, func(fr *api.FinishResponse) { fr.CertificateChain = nil }, "certificate chain has 0"},
+		{"bundle tampered", nil, func(fr *api.FinishResponse) {
+			parts := strings.Split(fr.Bundle, ".")
+			parts[1] = parts[1][:len(parts[1])-2] + "AA"
+			fr.Bundle = strings.Join(parts, ".")
+		}, "config bundle"},
+		{"bundle signed by another CA", nil, func(fr *api.FinishResponse) {
+			var err error
+			fr.Bundle, err = otherCA.SignBundle(pki.Bundle{DeviceID: fr.DeviceID, Version: 9, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Config: json.RawMessage(`{}`)})
+			if err != nil {
+				panic(err)
+			}
+		}, "config bundle"},
+		{"bundle for another device", nil, func(fr *api.FinishResponse) {
+			var err error
+			fr.Bundle, err = ca.SignBundle(pki.Bundle{DeviceID: strings.Repeat("ab", 32), Version: 9, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Config: json.RawMessage(`{}`)})
+			if err != nil {
+				panic(err)
+			}
+		}, "config bundle"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, ca, tc.issuer, mfr, 1, tc.rewrite)
+			a := newAgent(t, s, tpmDir, filepath.Join(t.TempDir(), "agent.db"))
+			_, err := a.Enroll(context.Background(), once)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+			if _, err := a.Enrollment(); !errors.Is(err, cache.ErrNotFound) {
+				t.Errorf("refused answer was cached: %v", err)
+			}
+		})
+	}
+}
+
+// TestBundleRollbackRefused: a lower bundle version than the one stored is
+// refused and the stored one kept.
+func TestBundleRollbackRefused(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	cachePath := filepath.Join(t.TempDir(), "agent.db")
+	a := newAgent(t, newServer(t, ca, nil, mfr, 5, nil), tpmDir, cachePath)
+	if _, err := a.Enroll(context.Background(), once); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a = newAgent(t, newServer(t, ca, nil, mfr, 4, nil), tpmDir, cachePath)
+	_, err := a.Enroll(context.Background(), once)
+	if !errors.Is(err, cache.ErrRollback) {
+		t.Fatalf("got %v, want ErrRollback", err)
+	}
+	if e, err := a.Enrollment(); err != nil || e.BundleVersion != 5 {
+		t.Errorf("cached = %+v, %v; want version 5 kept", e, err)
+	}
+}
+
+// TestPermanentRefusalIsNotRetried: an untrusted EK is reported at once.
+func TestPermanentRefusalIsNotRetried(t *testing.T) {
+	tpmDir, _ := newTPM(t)
+	other, err := tpmsim.NewManufacturer("another vendor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newServer(t, newCA(t), nil, other, 1, nil)
+	a := newAgent(t, s, tpmDir, filepath.Join(t.TempDir(), "agent.db"))
+	_, err = a.Enroll(context.Background(), device.RetryPolicy{Attempts: 5, Base: time.Millisecond, Max: time.Millisecond})
+	if !errors.Is(err, &api.Error{Code: api.CodeEKUntrusted}) {
+		t.Fatalf("got %v, want ek_untrusted", err)
+	}
+	if n := s.begins.Load(); device.IsTransient(err) || n != 1 {
+		t.Errorf("permanent refusal: %d begin requests, want 1", n)
+	}
+}
