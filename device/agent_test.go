@@ -36,8 +36,8 @@ import (
 type server struct {
 	begins *atomic.Int32 // begin requests seen
 	url    string
-	ca  *pki.CA
-	mfr *tpmsim.Manufacturer
+	ca     *pki.CA
+	mfr    *tpmsim.Manufacturer
 }
 
 func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufacturer, version uint64, rewrite func(*api.FinishResponse)) *server {
