@@ -73,11 +73,11 @@ func checkDuplicateKeys(body []byte) error {
 		index     int    // array: the index of the element being read
 	}
 	var stack []*frame
-	// path names the value being read, such as "ak.public" or
+	// name quotes the path of the value being read, such as "ak.public" or
 	// "devices[3].serial", for error messages.
-	path := func() string {
+	name := func(frames []*frame, top string) string {
 		var b strings.Builder
-		for _, f := range stack {
+		for _, f := range frames {
 			if !f.object {
 				fmt.Fprintf(&b, "[%d]", f.index)
 				continue
@@ -87,7 +87,10 @@ func checkDuplicateKeys(body []byte) error {
 			}
 			b.WriteString(f.key)
 		}
-		return b.String()
+		if b.Len() == 0 {
+			return top
+		}
+		return fmt.Sprintf("%.128q", b.String())
 	}
 	for {
 		off := dec.InputOffset()
@@ -106,9 +109,9 @@ func checkDuplicateKeys(body []byte) error {
 		// token's own bytes.
 		if !utf8.Valid(body[off:dec.InputOffset()]) {
 			if top != nil && top.object && top.expectKey {
-				return fmt.Errorf("a key in %.128q is not valid UTF-8", path())
+				return fmt.Errorf("a key in %s is not valid UTF-8", name(stack[:len(stack)-1], "the top-level object"))
 			}
-			return fmt.Errorf("%.128q is not valid UTF-8", path())
+			return fmt.Errorf("%s is not valid UTF-8", name(stack, "the top-level value"))
 		}
 		switch t := tok.(type) {
 		case json.Delim:
@@ -118,7 +121,7 @@ func checkDuplicateKeys(body []byte) error {
 					top.expectKey = true
 				}
 				if len(stack) >= maxJSONDepth {
-					return fmt.Errorf("%.128q nests deeper than %d", path(), maxJSONDepth)
+					return fmt.Errorf("%s nests deeper than %d", name(stack, "the top-level value"), maxJSONDepth)
 				}
 				stack = append(stack, &frame{object: t == '{', expectKey: t == '{', keys: map[string]bool{}})
 			case '}', ']':
@@ -138,7 +141,7 @@ func checkDuplicateKeys(body []byte) error {
 					top.key = k
 					fk := foldKey(k)
 					if top.keys[fk] {
-						return fmt.Errorf("duplicate key %.128q", path())
+						return fmt.Errorf("duplicate key %s", name(stack, ""))
 					}
 					top.keys[fk] = true
 					top.expectKey = false

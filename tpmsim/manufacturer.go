@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 )
 
 // TCG object identifiers for EK certificates, from the TCG EK Credential
@@ -124,10 +126,10 @@ func LoadOrCreateManufacturer(dir string) (*Manufacturer, error) {
 	}
 	// Key first: a crash in between leaves a key without a certificate,
 	// which the next call reports instead of overwriting.
-	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, fmt.Errorf("writing manufacturer key: %w", err)
 	}
-	if err := writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Certificate.Raw}), 0o644); err != nil {
+	if err := atomicfile.Write(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Certificate.Raw}), 0o644); err != nil {
 		return nil, fmt.Errorf("writing manufacturer certificate: %w", err)
 	}
 	return m, nil
@@ -159,31 +161,6 @@ func parseManufacturer(certPEM, keyPEM []byte) (*Manufacturer, error) {
 		return nil, errors.New("manufacturer key does not match its certificate")
 	}
 	return &Manufacturer{Certificate: cert, Key: signer}, nil
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // EKCertificateOptions adjusts an issued EK certificate; tests use it to

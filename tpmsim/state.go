@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
+
 	goattest "github.com/google/go-attestation/attest"
 )
 
@@ -82,7 +84,7 @@ func ManufactureState(dir string, m *Manufacturer) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, EKCertFile), der, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, EKCertFile), der, 0o644); err != nil {
 		return nil, fmt.Errorf("writing EK certificate: %w", err)
 	}
 	return der, nil
@@ -108,7 +110,7 @@ func loadOrCreateSeed(path string) (int64, error) {
 		}
 		seed = int64(binary.LittleEndian.Uint64(buf[:]) >> 1)
 	}
-	if err := writeFileAtomic(path, []byte(strconv.FormatInt(seed, 10)+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(strconv.FormatInt(seed, 10)+"\n"), 0o600); err != nil {
 		return 0, fmt.Errorf("writing simulator seed: %w", err)
 	}
 	return seed, nil

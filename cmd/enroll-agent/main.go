@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
+
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/spf13/cobra"
 
@@ -158,7 +160,7 @@ func identityCmd() *cobra.Command {
 				if ekCert == nil {
 					return errors.New("this TPM has no EK certificate; pre-register it by device ID")
 				}
-				return writeAtomic(ekCertOut, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ekCert}), 0o644)
+				return atomicfile.Write(ekCertOut, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ekCert}), 0o644)
 			}
 			return nil
 		},
@@ -217,36 +219,12 @@ func export(dataDir string, res *device.Result) (certPath, configPath string, er
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	certPath = filepath.Join(dataDir, "device.crt")
-	if err := writeAtomic(certPath, chain, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, chain, 0o644); err != nil {
 		return "", "", err
 	}
 	configPath = filepath.Join(dataDir, "config.json")
-	if err := writeAtomic(configPath, res.Bundle.Config, 0o644); err != nil {
+	if err := atomicfile.Write(configPath, res.Bundle.Config, 0o644); err != nil {
 		return "", "", err
 	}
 	return certPath, configPath, nil
-}
-
-func writeAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
