@@ -196,15 +196,24 @@ func TestSimulatorAgent(t *testing.T) {
 	out, _ := s.enroll(t, bins.agentSim, "simulator:"+tpmState, dataDir, false)
 	checkEnrolled(t, out, dataDir)
 
-	// Re-running converges: same device, one record, two enrollments.
-	s.enroll(t, bins.agentSim, "simulator:"+tpmState, dataDir, false)
+	// Re-running converges: same device, same TPM key, one record, two
+	// enrollments.
+	_, stderr := s.enroll(t, bins.agentSim, "simulator:"+tpmState, dataDir, false)
+	if strings.Contains(stderr, "refused the cached") {
+		t.Errorf("restarted agent lost its TPM key:\n%s", stderr)
+	}
 	devs := s.devices(t)
 	if len(devs) != 1 || devs[0].Enrollments != 2 || devs[0].Admission != "ek_certificate" {
 		t.Fatalf("devices = %+v, want one device enrolled twice by EK certificate", devs)
 	}
+	// A separate process uses the cached certificate with the TPM key.
+	who, _ := run(t, false, bins.agentSim, "whoami", "--server", s.url, "--root-ca", s.rootCA, "--tpm", "simulator:"+tpmState, "--data-dir", dataDir, "--event-log", "")
+	if !strings.Contains(who, devs[0].DeviceID) {
+		t.Errorf("whoami = %s, want device %s", who, devs[0].DeviceID)
+	}
 
 	// A production (cgo-free) agent refuses the simulator clearly.
-	_, stderr := run(t, true, bins.agent, "enroll", "--root-ca", s.rootCA, "--tpm", "simulator:"+tpmState, "--data-dir", t.TempDir())
+	_, stderr = run(t, true, bins.agent, "enroll", "--root-ca", s.rootCA, "--tpm", "simulator:"+tpmState, "--data-dir", t.TempDir())
 	if !strings.Contains(stderr, "-tags simulator") {
 		t.Errorf("production agent's refusal does not say how to get the simulator:\n%s", stderr)
 	}

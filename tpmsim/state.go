@@ -14,6 +14,8 @@ import (
 	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 
 	goattest "github.com/google/go-attestation/attest"
+	legacy "github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
 )
 
 // Files of a simulated device's state directory.
@@ -44,6 +46,10 @@ func OpenState(dir string) (*TPM, error) {
 	}
 	t, err := Open(seed)
 	if err != nil {
+		return nil, err
+	}
+	if err := provisionSRK(t); err != nil {
+		t.Close()
 		return nil, err
 	}
 	der, err := os.ReadFile(filepath.Join(dir, EKCertFile))
@@ -88,6 +94,41 @@ func ManufactureState(dir string, m *Manufacturer) ([]byte, error) {
 		return nil, fmt.Errorf("writing EK certificate: %w", err)
 	}
 	return der, nil
+}
+
+// srkHandle is where TCG provisioning guidance puts the storage root key,
+// and where go-attestation looks for it.
+const srkHandle = tpmutil.Handle(0x81000001)
+
+// srkTemplate is the TCG default RSA storage root key template (TCG TPM v2.0
+// Provisioning Guidance, section 7.5.1), the template go-attestation uses.
+var srkTemplate = legacy.Public{
+	Type:       legacy.AlgRSA,
+	NameAlg:    legacy.AlgSHA256,
+	Attributes: legacy.FlagStorageDefault | legacy.FlagNoDA,
+	RSAParameters: &legacy.RSAParams{
+		Symmetric:  &legacy.SymScheme{Alg: legacy.AlgAES, KeyBits: 128, Mode: legacy.AlgCFB},
+		ModulusRaw: make([]byte, 256),
+		KeyBits:    2048,
+	},
+}
+
+// provisionSRK creates the storage root key in the owner hierarchy and
+// persists it, as a provisioned TPM has it. Without it go-attestation
+// creates its own parent in the endorsement hierarchy, whose keys the
+// simulator does not reproduce from the fixed seed: blobs made before a
+// restart would then fail to load, and the simulated device would lose its
+// AK and TPM key at every start.
+func provisionSRK(t *TPM) error {
+	h, _, err := legacy.CreatePrimary(t, legacy.HandleOwner, legacy.PCRSelection{}, "", "", srkTemplate)
+	if err != nil {
+		return fmt.Errorf("creating storage root key: %w", err)
+	}
+	defer legacy.FlushContext(t, h)
+	if err := legacy.EvictControl(t, "", legacy.HandleOwner, h, srkHandle); err != nil {
+		return fmt.Errorf("persisting storage root key: %w", err)
+	}
+	return nil
 }
 
 func loadOrCreateSeed(path string) (int64, error) {

@@ -264,6 +264,42 @@ func TestStateDirectory(t *testing.T) {
 	}
 }
 
+// TestStateKeepsKeyBlobs: AK blobs made before a restart load after it, as
+// on a real TPM, because the storage root key is reproduced from the seed.
+func TestStateKeepsKeyBlobs(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *goattest.TPM {
+		sim, err := tpmsim.OpenState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tpm, err := goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: sim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tpm
+	}
+	tpm := open()
+	ak, err := tpm.NewAK(&goattest.AKConfig{Algorithm: goattest.ECDSA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := ak.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak.Close(tpm)
+	tpm.Close()
+
+	tpm = open()
+	defer tpm.Close()
+	ak, err = tpm.LoadAK(blob)
+	if err != nil {
+		t.Fatalf("AK blob from before the restart: %v", err)
+	}
+	ak.Close(tpm)
+}
+
 func TestStateCorruptSeed(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, tpmsim.SeedFile), []byte("not a number\n"), 0o600); err != nil {

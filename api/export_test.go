@@ -1,0 +1,4 @@
+package api
+
+// MaxJSONDepth exposes maxJSONDepth to the api_test package.
+const MaxJSONDepth = maxJSONDepth
