@@ -37,6 +37,18 @@ const (
 	CodeNotFound Code = "not_found"
 	// CodeMethodNotAllowed: wrong HTTP method.
 	CodeMethodNotAllowed Code = "method_not_allowed"
+	// CodePendingApproval: the device is known but waits for an operator
+	// to approve it; retry after the Retry-After hint, with no restart.
+	CodePendingApproval Code = "pending_approval"
+	// CodeDenied: an operator denied the device. Permanent until an
+	// operator re-admits it.
+	CodeDenied Code = "denied"
+	// CodeRevoked: the device's certificates were revoked. Permanent
+	// until an operator re-admits it.
+	CodeRevoked Code = "revoked"
+	// CodeBusy: the server is shedding load (HTTP 429); retry after the
+	// Retry-After hint.
+	CodeBusy Code = "busy"
 	// CodeUnavailable: transient server condition; retry after the hint.
 	CodeUnavailable Code = "unavailable"
 	// CodeInternal: a server fault; retry with backoff.
@@ -46,7 +58,7 @@ const (
 // Permanent reports whether retrying the same request cannot succeed.
 func (c Code) Permanent() bool {
 	switch c {
-	case CodeUnavailable, CodeInternal, CodeNonceUnknownOrUsed:
+	case CodeUnavailable, CodeInternal, CodeNonceUnknownOrUsed, CodePendingApproval, CodeBusy:
 		// A lost session is cured by starting over with begin.
 		return false
 	}

@@ -208,6 +208,12 @@ func StatusOf(c api.Code) int {
 		return http.StatusForbidden
 	case api.CodeNonceUnknownOrUsed:
 		return http.StatusConflict
+	case api.CodePendingApproval:
+		return http.StatusAccepted
+	case api.CodeDenied, api.CodeRevoked:
+		return http.StatusForbidden
+	case api.CodeBusy:
+		return http.StatusTooManyRequests
 	case api.CodeNotFound:
 		return http.StatusNotFound
 	case api.CodeMethodNotAllowed:
