@@ -3,32 +3,28 @@ package device
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
-	"net/http"
 	"sync"
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device/cache"
 	"github.com/edgeenroll/edgeenroll/device/tpmdev"
 	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 // Version is reported to the server as the agent version.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 // Config configures an Agent.
 type Config struct {
@@ -53,6 +49,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Logger receives one line per phase; nil means slog.Default().
 	Logger *slog.Logger
+	// Registerer receives the agent's metrics; nil means none exported.
+	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -60,35 +58,45 @@ type Config struct {
 // Agent enrolls one device. Its methods may be called from several
 // goroutines; TPM access is serialised inside.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	cache *cache.Cache
-	http  *httpClient
-	mtls  *httpClient
+	cfg     Config
+	log     *slog.Logger
+	cache   *cache.Cache
+	http    *httpClient
+	mtls    *httpClient
+	metrics *metrics
 
-	tpmMu    sync.Mutex // guards every TPM command sequence
+	tpmMu    sync.Mutex // guards every TPM command sequence and the fields below
 	tpm      *goattest.TPM
-	ek       goattest.EK
-	ekDER    []byte // PKIX DER of ek.Public
+	ek       *goattest.EK // read lazily: creating an EK can take seconds
+	ekDER    []byte       // PKIX DER of ek.Public
 	deviceID string
 	ak       *goattest.AK
 	key      *goattest.Key
 }
 
-// New opens the TPM and the cache and loads or creates the device's AK and
-// TPM key. On error everything opened is closed again (the TPM included).
+// New opens the TPM and the cache and loads the device's AK and TPM key
+// from their cached blobs, or creates them. With a cached identity it
+// touches neither the network nor the EK, so a device with a valid cache is
+// ready within milliseconds. On error everything opened is closed again,
+// the TPM included.
 func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if cfg.ServerURL == "" || cfg.Roots == nil || cfg.TPM == nil || cfg.CachePath == "" {
+		if cfg.TPM != nil {
+			cfg.TPM.Close()
+		}
 		return nil, errors.New("device: ServerURL, Roots, TPM and CachePath are required")
 	}
 	if cfg.TrustDomain == "" {
-		cfg.TrustDomain = pki.DefaultOptions().TrustDomain
+		cfg.TrustDomain = pki.DefaultTrustDomain
 	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = 30 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -99,16 +107,21 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			a.Close()
 		}
 	}()
+	if a.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		cfg.TPM.Close()
+		return nil, err
+	}
 	a.tpm, err = goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: tpmdev.NewChannel(cfg.TPM, cfg.EventLogPath)})
 	if err != nil {
 		cfg.TPM.Close()
 		return nil, fmt.Errorf("opening TPM: %w", err)
 	}
-	if a.cache, err = cache.Open(cfg.CachePath); err != nil {
+	var moved string
+	if a.cache, moved, err = cache.Open(cfg.CachePath); err != nil {
 		return nil, err
 	}
-	if err := a.loadEK(); err != nil {
-		return nil, err
+	if moved != "" {
+		a.log.Error("agent cache was corrupt; moved it aside and starting afresh (the device will enroll again)", "moved_to", moved)
 	}
 	if err := a.loadIdentity(); err != nil {
 		return nil, err
@@ -149,9 +162,18 @@ func (a *Agent) Close() error {
 }
 
 // DeviceID is the hex SHA-256 of the EK public key (PKIX DER).
-func (a *Agent) DeviceID() string { return a.deviceID }
+func (a *Agent) DeviceID() string {
+	a.tpmMu.Lock()
+	defer a.tpmMu.Unlock()
+	return a.deviceID
+}
 
+// loadEK reads the EK, preferring one with a manufacturer certificate, and
+// derives the device ID. Callers hold tpmMu (or own the agent exclusively).
 func (a *Agent) loadEK() error {
+	if a.ek != nil {
+		return nil
+	}
 	eks, err := a.tpm.EKs()
 	if err != nil {
 		return fmt.Errorf("reading endorsement keys: %w", err)
@@ -159,43 +181,57 @@ func (a *Agent) loadEK() error {
 	if len(eks) == 0 {
 		return errors.New("the TPM reports no endorsement key")
 	}
-	// Prefer an EK with a manufacturer certificate.
-	a.ek = eks[0]
-	for _, ek := range eks {
-		if ek.Certificate != nil {
-			a.ek = ek
+	ek := eks[0]
+	for _, e := range eks {
+		if e.Certificate != nil {
+			ek = e
 			break
 		}
 	}
-	der, err := x509.MarshalPKIXPublicKey(a.ek.Public)
+	der, err := x509.MarshalPKIXPublicKey(ek.Public)
 	if err != nil {
 		return fmt.Errorf("encoding EK public key: %w", err)
 	}
-	a.ekDER = der
 	sum := sha256.Sum256(der)
-	a.deviceID = hex.EncodeToString(sum[:])
+	a.ek, a.ekDER, a.deviceID = &ek, der, hex.EncodeToString(sum[:])
 	return nil
 }
 
 // loadIdentity loads the AK and TPM key from the cache, or creates both
 // and stores their TPM-wrapped blobs in one write. Blobs the TPM refuses
-// (after a TPM clear, or from the simulator, whose storage hierarchy does
-// not survive a restart) are replaced: the device's identity is its EK,
-// and a new AK and key are attested afresh at the next enrollment.
+// (after a TPM clear) are replaced: the device's identity is its EK, and a
+// new AK and key are attested afresh at the next enrollment.
 func (a *Agent) loadIdentity() error {
 	id, err := a.cache.Identity()
 	switch {
-	case err == nil && id.DeviceID == a.deviceID:
+	case err == nil:
 		if err := a.loadBlobs(id); err == nil {
+			a.deviceID = id.DeviceID
 			return nil
 		} else {
-			a.log.Warn("the TPM refused the cached AK or key (TPM cleared?); creating new ones", "device_id", a.deviceID, "err", err)
+			a.log.Warn("the TPM refused the cached AK or key (TPM cleared?); creating new ones", "device_id", id.DeviceID, "err", err)
 		}
-	case err == nil:
-		a.log.Warn("cached identity belongs to another TPM; creating a new one", "cached_device_id", id.DeviceID, "device_id", a.deviceID)
 	case !errors.Is(err, cache.ErrNotFound):
 		return err
 	}
+	return a.newIdentity()
+}
+
+// newIdentity creates a fresh AK and TPM key. Callers hold tpmMu (or own
+// the agent exclusively).
+func (a *Agent) newIdentity() error {
+	if err := a.loadEK(); err != nil {
+		return err
+	}
+	if a.key != nil {
+		a.key.Close()
+		a.key = nil
+	}
+	if a.ak != nil {
+		a.ak.Close(a.tpm)
+		a.ak = nil
+	}
+	var err error
 	if a.ak, err = a.tpm.NewAK(&goattest.AKConfig{Algorithm: goattest.ECDSA}); err != nil {
 		return fmt.Errorf("creating AK: %w", err)
 	}
@@ -210,7 +246,11 @@ func (a *Agent) loadIdentity() error {
 	if err != nil {
 		return fmt.Errorf("exporting key blob: %w", err)
 	}
-	return a.cache.PutIdentity(&cache.Identity{DeviceID: a.deviceID, AKBlob: akBlob, KeyBlob: keyBlob})
+	if err := a.cache.PutIdentity(&cache.Identity{DeviceID: a.deviceID, AKBlob: akBlob, KeyBlob: keyBlob}); err != nil {
+		return err
+	}
+	a.log.Info("created TPM identity", "phase", "identity", "device_id", a.deviceID)
+	return nil
 }
 
 func (a *Agent) loadBlobs(id *cache.Identity) (err error) {
@@ -225,170 +265,19 @@ func (a *Agent) loadBlobs(id *cache.Identity) (err error) {
 	return nil
 }
 
-// Result is a completed enrollment, as stored in the cache.
-type Result struct {
-	DeviceID string
-	Leaf     *x509.Certificate
-	// Chain is the verified chain, leaf first, root excluded.
-	Chain         []*x509.Certificate
-	Bundle        *pki.Bundle
-	CorrelationID string
-}
-
-// RetryPolicy bounds Enroll's retries of transient failures.
-type RetryPolicy struct {
-	Attempts int           // total attempts, at least 1
-	Base     time.Duration // first backoff cap
-	Max      time.Duration // backoff cap
-}
-
-// DefaultRetryPolicy retries for about a minute.
-var DefaultRetryPolicy = RetryPolicy{Attempts: 8, Base: 500 * time.Millisecond, Max: 15 * time.Second}
-
-// Enroll runs begin → activate → quote + certify → finish, retrying
-// transient failures with exponential backoff and full jitter, honouring
-// the server's Retry-After. A permanent refusal returns at once.
-func (a *Agent) Enroll(ctx context.Context, p RetryPolicy) (*Result, error) {
-	if p.Attempts < 1 {
-		p.Attempts = 1
+// ensureEK reads the EK before an enrollment and checks the cached
+// identity belongs to it; if it does not (a cache copied from another
+// device), it makes a new identity. Callers hold tpmMu.
+func (a *Agent) ensureEK() error {
+	cached := a.deviceID
+	if err := a.loadEK(); err != nil {
+		return err
 	}
-	var err error
-	for attempt := 1; ; attempt++ {
-		var res *Result
-		res, err = a.enrollOnce(ctx)
-		if err == nil {
-			return res, nil
-		}
-		var te *TransientError
-		if !errors.As(err, &te) || attempt >= p.Attempts {
-			return nil, err
-		}
-		backoff := min(p.Max, p.Base<<(attempt-1))
-		wait := time.Duration(mrand.Int64N(int64(backoff) + 1))
-		wait = max(wait, te.RetryAfter)
-		a.log.Warn("enrollment attempt failed; retrying", "attempt", attempt, "wait", wait.String(), "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("enrollment: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(wait):
-		}
+	if cached != a.deviceID {
+		a.log.Warn("cached identity belongs to another TPM; creating a new one", "cached_device_id", cached, "device_id", a.deviceID)
+		return a.newIdentity()
 	}
-}
-
-func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
-	corr := newCorrelationID()
-	log := a.log.With("correlation_id", corr, "device_id", a.deviceID)
-	start := a.cfg.Now()
-
-	// Begin: present the EK and the AK's creation parameters.
-	begin := api.BeginRequest{
-		EKPublic: a.ekDER,
-		AK:       apiAKParams(a.ak.AttestationParameters()),
-		Device:   api.DeviceInfo{Hostname: a.cfg.Hostname, AgentVersion: Version},
-	}
-	if a.ek.Certificate != nil {
-		begin.EKCertificate = a.ek.Certificate.Raw
-	}
-	var br api.BeginResponse
-	if err := a.call(ctx, http.MethodPost, api.PathBegin, corr, &begin, &br); err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
-	}
-	if br.DeviceID != a.deviceID {
-		return nil, fmt.Errorf("begin: server computed device ID %s, this TPM is %s", br.DeviceID, a.deviceID)
-	}
-	log.Info("enrollment begun", "phase", "begin", "session_id", br.SessionID)
-
-	// Activate, quote and sign the CSR in the TPM.
-	finish, err := a.answer(&br)
-	if err != nil {
-		return nil, err
-	}
-	log.Info("challenge answered", "phase", "activate")
-
-	var fr api.FinishResponse
-	if err := a.call(ctx, http.MethodPost, api.PathFinish, corr, finish, &fr); err != nil {
-		return nil, fmt.Errorf("finish: %w", err)
-	}
-
-	// Trust nothing in the answer before it verifies against the root.
-	res, err := a.verifyFinish(&fr)
-	if err != nil {
-		return nil, fmt.Errorf("verifying server response: %w", err)
-	}
-	res.CorrelationID = corr
-	if err := a.cache.PutEnrollment(&cache.Enrollment{
-		DeviceID:         a.deviceID,
-		CertificateChain: fr.CertificateChain,
-		NotAfter:         res.Leaf.NotAfter,
-		Bundle:           fr.Bundle,
-		BundleVersion:    res.Bundle.Version,
-		EnrolledAt:       a.cfg.Now(),
-	}); err != nil {
-		return nil, fmt.Errorf("storing enrollment: %w", err)
-	}
-	log.Info("enrolled", "phase", "finish", "cert_serial", res.Leaf.SerialNumber.Text(16),
-		"not_after", res.Leaf.NotAfter, "bundle_version", res.Bundle.Version, "duration", a.cfg.Now().Sub(start).String())
-	return res, nil
-}
-
-func (a *Agent) call(ctx context.Context, method, path, corr string, req, resp any) error {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	defer cancel()
-	return a.http.do(ctx, method, path, corr, req, resp)
-}
-
-// answer runs the TPM half of the protocol.
-func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
-	a.tpmMu.Lock()
-	defer a.tpmMu.Unlock()
-	secret, err := a.ak.ActivateCredential(a.tpm, goattest.EncryptedCredential{
-		Credential: br.Challenge.Credential,
-		Secret:     br.Challenge.Secret,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("activating credential: %w", err)
-	}
-	quote, err := a.ak.QuotePCRs(a.tpm, br.Nonce, goattest.HashSHA256, br.PCRs)
-	if err != nil {
-		return nil, fmt.Errorf("quoting PCRs %v: %w", br.PCRs, err)
-	}
-	all, err := a.tpm.PCRs(goattest.HashSHA256)
-	if err != nil {
-		return nil, fmt.Errorf("reading PCRs: %w", err)
-	}
-	want := make(map[int]bool, len(br.PCRs))
-	for _, i := range br.PCRs {
-		want[i] = true
-	}
-	var pcrs []api.PCR
-	for _, p := range all {
-		if want[p.Index] {
-			pcrs = append(pcrs, api.PCR{Index: p.Index, Digest: p.Digest})
-		}
-	}
-	signer, err := a.keySigner()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: a.deviceID},
-	}, lockedSigner{signer: signer}) // tpmMu is held here already
-	if err != nil {
-		return nil, fmt.Errorf("signing CSR with the TPM key: %w", err)
-	}
-	cp := a.key.CertificationParameters()
-	return &api.FinishRequest{
-		SessionID:       br.SessionID,
-		ActivationProof: api.ActivationProof(secret, br.SessionID),
-		Quote:           api.Quote{Quote: quote.Quote, Signature: quote.Signature},
-		PCRs:            pcrs,
-		Key: api.CertificationParameters{
-			Public:            cp.Public,
-			CreateAttestation: cp.CreateAttestation,
-			CreateSignature:   cp.CreateSignature,
-		},
-		CSR: csr,
-	}, nil
+	return nil
 }
 
 func (a *Agent) keySigner() (crypto.Signer, error) {
@@ -401,57 +290,6 @@ func (a *Agent) keySigner() (crypto.Signer, error) {
 		return nil, fmt.Errorf("TPM key is a %T, not a crypto.Signer", priv)
 	}
 	return s, nil
-}
-
-// verifyFinish checks the certificate chain and bundle the server sent.
-func (a *Agent) verifyFinish(fr *api.FinishResponse) (*Result, error) {
-	chain, err := a.verifyChain(fr.CertificateChain)
-	if err != nil {
-		return nil, err
-	}
-	b, err := pki.VerifyBundle(fr.Bundle, a.cfg.Roots, a.deviceID, a.cfg.Now())
-	if err != nil {
-		return nil, fmt.Errorf("config bundle: %w", err)
-	}
-	return &Result{DeviceID: a.deviceID, Leaf: chain[0], Chain: chain, Bundle: b}, nil
-}
-
-// verifyChain checks the chain leads to the root with client-auth use,
-// names this device, and certifies the TPM key.
-func (a *Agent) verifyChain(chain [][]byte) ([]*x509.Certificate, error) {
-	if len(chain) == 0 || len(chain) > 4 {
-		return nil, fmt.Errorf("certificate chain has %d certificates, want 1 to 4", len(chain))
-	}
-	certs := make([]*x509.Certificate, len(chain))
-	for i, der := range chain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", i, err)
-		}
-		certs[i] = c
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: a.cfg.Roots, Intermediates: inter, CurrentTime: a.cfg.Now(),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
-		return nil, fmt.Errorf("device certificate does not chain to the enrollment root: %w", err)
-	}
-	id, err := pki.DeviceIDFromCertificate(leaf, a.cfg.TrustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("device certificate: %w", err)
-	}
-	if id != a.deviceID {
-		return nil, fmt.Errorf("device certificate names device %s, this TPM is %s", id, a.deviceID)
-	}
-	if !publicKeysEqual(leaf.PublicKey, a.key.Public()) {
-		return nil, errors.New("device certificate is for a key other than this TPM's key")
-	}
-	return certs, nil
 }
 
 // TLSCertificate returns the cached certificate chain with the TPM key as
@@ -481,20 +319,6 @@ func (a *Agent) TLSCertificate() (*tls.Certificate, error) {
 	}, nil
 }
 
-// Enrollment returns the cached enrollment.
-func (a *Agent) Enrollment() (*cache.Enrollment, error) { return a.cache.Enrollment() }
-
-// Whoami calls the server over mTLS with the TPM-backed certificate.
-func (a *Agent) Whoami(ctx context.Context) (*api.WhoamiResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	defer cancel()
-	var w api.WhoamiResponse
-	if err := a.mtls.do(ctx, http.MethodGet, api.PathWhoami, newCorrelationID(), nil, &w); err != nil {
-		return nil, err
-	}
-	return &w, nil
-}
-
 // lockedSigner serialises TPM signing with the agent's other TPM use. A nil
 // mu means the caller already holds the lock.
 type lockedSigner struct {
@@ -512,24 +336,9 @@ func (s lockedSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) (
 	return s.signer.Sign(r, digest, opts)
 }
 
-func apiAKParams(p goattest.AttestationParameters) api.AttestationParameters {
-	return api.AttestationParameters{
-		Public:            p.Public,
-		CreateData:        p.CreateData,
-		CreateAttestation: p.CreateAttestation,
-		CreateSignature:   p.CreateSignature,
-	}
-}
-
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	ae, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ae.Equal(b)
-}
-
-func newCorrelationID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // ReadIdentity opens tpm just long enough to read its EK and returns the

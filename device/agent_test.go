@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,13 +35,40 @@ import (
 // server is a real enrollment server on real TLS. rewrite, if set, edits
 // finish responses on their way out: a hostile or broken server.
 type server struct {
-	begins *atomic.Int32 // begin requests seen
-	url    string
-	ca     *pki.CA
-	mfr    *tpmsim.Manufacturer
+	begins  *atomic.Int32 // begin requests seen
+	handler http.Handler
+	url     string
+	ca      *pki.CA
+	mfr     *tpmsim.Manufacturer
 }
 
-func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufacturer, version uint64, rewrite func(*api.FinishResponse)) *server {
+// benchServer serves enrollment for a benchmark and returns its URL.
+func benchServer(b *testing.B, ca *pki.CA, mfr *tpmsim.Manufacturer) string {
+	b.Helper()
+	dir := b.TempDir()
+	roots := x509.NewCertPool()
+	roots.AddCert(mfr.Certificate)
+	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca, ManufacturerRoots: roots})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{}))
+	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}}
+	ts.StartTLS()
+	b.Cleanup(ts.Close)
+	return ts.URL
+}
+
+func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufacturer, version uint64, rewrite func(*api.FinishResponse), opts ...func(*enrollserver.Config)) *server {
 	t.Helper()
 	dir := t.TempDir()
 	roots := x509.NewCertPool()
@@ -50,10 +78,14 @@ func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufact
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	srv, err := enrollserver.New(enrollserver.Config{
+	cfg := enrollserver.Config{
 		Store: st, CA: ca, Issuer: issuer, ManufacturerRoots: roots,
 		Bundles: enrollserver.StaticBundle{Version: version, Config: json.RawMessage(`{"v":1}`)},
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := enrollserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +109,7 @@ func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufact
 	ts.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.RootPool()}
 	ts.StartTLS()
 	t.Cleanup(ts.Close)
-	return &server{url: ts.URL, ca: ca, mfr: mfr, begins: begins}
+	return &server{url: ts.URL, ca: ca, mfr: mfr, begins: begins, handler: h}
 }
 
 // rewriting passes finish responses through fn.
@@ -135,6 +167,7 @@ func newAgent(t *testing.T, s *server, tpmDir, cachePath string) *device.Agent {
 	a, err := device.New(context.Background(), device.Config{
 		ServerURL: s.url, Roots: s.ca.RootPool(), TPM: sim, CachePath: cachePath,
 		RequestTimeout: 10 * time.Second,
+		Logger:         slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -224,23 +257,34 @@ func TestRefusesUntrustedAnswers(t *testing.T) {
 }
 
 // TestBundleRollbackRefused: a lower bundle version than the one stored is
-// refused and the stored one kept.
+// refused and the stored one kept, while the new certificate is taken.
 func TestBundleRollbackRefused(t *testing.T) {
 	tpmDir, mfr := newTPM(t)
 	ca := newCA(t)
 	cachePath := filepath.Join(t.TempDir(), "agent.db")
 	a := newAgent(t, newServer(t, ca, nil, mfr, 5, nil), tpmDir, cachePath)
-	if _, err := a.Enroll(context.Background(), once); err != nil {
+	first, err := a.Enroll(context.Background(), once)
+	if err != nil {
 		t.Fatal(err)
 	}
 	a.Close()
 	a = newAgent(t, newServer(t, ca, nil, mfr, 4, nil), tpmDir, cachePath)
-	_, err := a.Enroll(context.Background(), once)
-	if !errors.Is(err, cache.ErrRollback) {
-		t.Fatalf("got %v, want ErrRollback", err)
+	res, err := a.Enroll(context.Background(), once)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if e, err := a.Enrollment(); err != nil || e.BundleVersion != 5 {
-		t.Errorf("cached = %+v, %v; want version 5 kept", e, err)
+	if res.BundleAccepted {
+		t.Error("bundle version 4 accepted over version 5")
+	}
+	e, err := a.Enrollment()
+	if err != nil || e.BundleVersion != 5 {
+		t.Fatalf("cached = %+v, %v; want version 5 kept", e, err)
+	}
+	if e.CertificateChain[0] == nil || bytes.Equal(e.CertificateChain[0], first.Leaf.Raw) {
+		t.Error("the renewed certificate was not stored")
+	}
+	if st := a.CachedState(time.Now()); !st.Ready || st.BundleVersion != 5 {
+		t.Errorf("state after refused rollback = %+v", st)
 	}
 }
 

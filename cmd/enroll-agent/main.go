@@ -1,7 +1,12 @@
 // Command enroll-agent is the device agent: it proves the device's TPM
 // identity to enrolld and keeps the resulting certificate and config.
 //
-// Exit codes: 0 success, 1 failure (the message says what to fix), 2 usage.
+// Exit codes:
+//
+//	0  success; for run, a clean stop on SIGTERM/SIGINT
+//	1  failure: the message on stderr says what to fix
+//	2  usage error
+//	3  status: the device is not ready
 package main
 
 import (
@@ -18,15 +23,29 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
-
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/spf13/cobra"
 
 	"github.com/edgeenroll/edgeenroll/device"
 	"github.com/edgeenroll/edgeenroll/device/tpmdev"
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 	"github.com/edgeenroll/edgeenroll/pki"
 )
+
+// Exit codes.
+const (
+	exitFailure  = 1
+	exitUsage    = 2
+	exitNotReady = 3
+)
+
+// exitError carries an exit code other than exitFailure.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -34,19 +53,24 @@ func main() {
 	cmd := rootCmd()
 	cmd.SetContext(ctx)
 	if err := cmd.Execute(); err != nil {
-		os.Exit(1)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		os.Exit(exitFailure)
 	}
 }
 
 type agentFlags struct {
-	server      string
-	rootCA      string
-	tpm         string
-	dataDir     string
-	eventLog    string
-	trustDomain string
-	timeout     time.Duration
-	attempts    int
+	server         string
+	rootCA         string
+	tpm            string
+	dataDir        string
+	eventLog       string
+	trustDomain    string
+	timeout        time.Duration
+	requestTimeout time.Duration
+	attempts       int
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -54,21 +78,22 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.server, "server", "https://localhost:8443", "enrollment server base URL")
 	fl.StringVar(&f.rootCA, "root-ca", "", "enrollment root CA certificate (PEM) installed on the device (required)")
 	fl.StringVar(&f.tpm, "tpm", tpmdev.DefaultDevice, "TPM to use: a device path, swtpm:HOST:PORT, or simulator:DIR in builds with -tags simulator")
-	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/enroll-agent", "agent state directory (cache, certificate, config); created 0700")
+	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/enroll-agent", "agent state directory (cache, certificate, config, status); created 0700")
 	fl.StringVar(&f.eventLog, "event-log", tpmdev.DefaultEventLogPath, "TCG event log sent with quotes")
-	fl.StringVar(&f.trustDomain, "trust-domain", pki.DefaultOptions().TrustDomain, "server trust domain expected in the device certificate")
-	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "overall time limit")
-	fl.IntVar(&f.attempts, "attempts", device.DefaultRetryPolicy.Attempts, "attempts on transient failures (network, 5xx, 429)")
+	fl.StringVar(&f.trustDomain, "trust-domain", pki.DefaultTrustDomain, "server trust domain expected in the device certificate")
+	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "overall time limit (one-shot commands)")
+	fl.DurationVar(&f.requestTimeout, "request-timeout", 30*time.Second, "time limit of each request to the server")
+	fl.IntVar(&f.attempts, "attempts", device.DefaultRetryPolicy.Attempts, "attempts on transient failures (network, 5xx, 429, pending approval)")
 }
 
 func rootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "enroll-agent",
-		Short:         "Enroll this device with its TPM identity",
-		SilenceUsage:  true,
-		SilenceErrors: false,
+		Use:          "enroll-agent",
+		Short:        "Enroll this device with its TPM identity and keep it enrolled",
+		SilenceUsage: true,
 	}
-	root.AddCommand(enrollCmd(), whoamiCmd(), identityCmd())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: exitUsage, err: err} })
+	root.AddCommand(runCmd(), enrollCmd(), whoamiCmd(), identityCmd(), statusCmd(), refreshCmd())
 	addSimulatorCommands(root)
 	return root
 }
@@ -82,7 +107,7 @@ func enrollCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
-			a, err := openAgent(ctx, &f)
+			a, err := openAgent(ctx, &f, nil)
 			if err != nil {
 				return err
 			}
@@ -91,7 +116,7 @@ func enrollCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			certPath, configPath, err := export(f.dataDir, res)
+			certPath, configPath, err := a.ExportFiles(f.dataDir)
 			if err != nil {
 				return err
 			}
@@ -99,10 +124,14 @@ func enrollCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("mTLS call with the new certificate: %w", err)
 			}
+			e, err := a.Enrollment()
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "enrolled device %s\n", res.DeviceID)
 			fmt.Fprintf(out, "  certificate: %s (serial %s, expires %s; key is in the TPM)\n", certPath, res.Leaf.SerialNumber.Text(16), res.Leaf.NotAfter.UTC().Format(time.RFC3339))
-			fmt.Fprintf(out, "  config:      %s (bundle version %d, signature verified)\n", configPath, res.Bundle.Version)
+			fmt.Fprintf(out, "  config:      %s (bundle version %d, signature verified)\n", configPath, e.BundleVersion)
 			fmt.Fprintf(out, "  cache:       %s\n", cachePath(f.dataDir))
 			fmt.Fprintf(out, "mTLS call to %s/v1/whoami succeeded: server sees device %s, certificate %s\n", f.server, who.DeviceID, who.Serial)
 			return nil
@@ -121,7 +150,7 @@ func whoamiCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
-			a, err := openAgent(ctx, &f)
+			a, err := openAgent(ctx, &f, nil)
 			if err != nil {
 				return err
 			}
@@ -170,11 +199,12 @@ func identityCmd() *cobra.Command {
 	return cmd
 }
 
-func cachePath(dataDir string) string { return filepath.Join(dataDir, "agent.db") }
+func cachePath(dataDir string) string  { return filepath.Join(dataDir, "agent.db") }
+func statusPath(dataDir string) string { return filepath.Join(dataDir, "status.json") }
 
-func openAgent(ctx context.Context, f *agentFlags) (*device.Agent, error) {
+func openAgent(ctx context.Context, f *agentFlags, cfg func(*device.Config)) (*device.Agent, error) {
 	if f.rootCA == "" {
-		return nil, errors.New("--root-ca is required: the enrollment root certificate (enrolld prints its path at start)")
+		return nil, &exitError{code: exitUsage, err: errors.New("--root-ca is required: the enrollment root certificate (enrolld prints its path at start)")}
 	}
 	pemBytes, err := os.ReadFile(f.rootCA)
 	if err != nil {
@@ -192,16 +222,21 @@ func openAgent(ctx context.Context, f *agentFlags) (*device.Agent, error) {
 		return nil, err
 	}
 	host, _ := os.Hostname()
-	return device.New(ctx, device.Config{
-		ServerURL:    f.server,
-		Roots:        roots,
-		TrustDomain:  f.trustDomain,
-		TPM:          tpm,
-		EventLogPath: f.eventLog,
-		CachePath:    cachePath(f.dataDir),
-		Hostname:     host,
-		Logger:       slog.New(slog.NewJSONHandler(os.Stderr, nil)),
-	})
+	c := device.Config{
+		ServerURL:      f.server,
+		Roots:          roots,
+		TrustDomain:    f.trustDomain,
+		TPM:            tpm,
+		EventLogPath:   f.eventLog,
+		CachePath:      cachePath(f.dataDir),
+		Hostname:       host,
+		RequestTimeout: f.requestTimeout,
+		Logger:         slog.New(slog.NewJSONHandler(os.Stderr, nil)),
+	}
+	if cfg != nil {
+		cfg(&c)
+	}
+	return device.New(ctx, c)
 }
 
 func openTPM(ctx context.Context, spec string) (transport.TPMCloser, error) {
@@ -209,22 +244,4 @@ func openTPM(ctx context.Context, spec string) (transport.TPMCloser, error) {
 		return t, err
 	}
 	return tpmdev.Open(ctx, spec)
-}
-
-// export writes the public certificate chain (PEM) and the verified config
-// payload next to the cache, for other programs on the device.
-func export(dataDir string, res *device.Result) (certPath, configPath string, err error) {
-	var chain []byte
-	for _, c := range res.Chain {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	certPath = filepath.Join(dataDir, "device.crt")
-	if err := atomicfile.Write(certPath, chain, 0o644); err != nil {
-		return "", "", err
-	}
-	configPath = filepath.Join(dataDir, "config.json")
-	if err := atomicfile.Write(configPath, res.Bundle.Config, 0o644); err != nil {
-		return "", "", err
-	}
-	return certPath, configPath, nil
 }
