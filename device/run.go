@@ -31,6 +31,9 @@ type RunOptions struct {
 	Refresh <-chan struct{}
 	// OnStatus receives every change of status; it must not block long.
 	OnStatus func(Status)
+	// StartedAt is when the agent process started, for time-to-ready;
+	// zero means when Run was called.
+	StartedAt time.Time
 }
 
 func (o *RunOptions) defaults() {
@@ -93,7 +96,10 @@ type Status struct {
 // returns ctx's error.
 func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	o.defaults()
-	start := a.cfg.Now()
+	start := o.StartedAt
+	if start.IsZero() {
+		start = a.cfg.Now()
+	}
 	st := Status{StartedAt: start, PID: os.Getpid()}
 	var (
 		renewAt    time.Time

@@ -48,9 +48,10 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 
 func main() {
+	start := time.Now() // for time-to-ready
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cmd := rootCmd()
+	cmd := rootCmd(start)
 	cmd.SetContext(ctx)
 	if err := cmd.Execute(); err != nil {
 		var ee *exitError
@@ -86,14 +87,14 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.attempts, "attempts", device.DefaultRetryPolicy.Attempts, "attempts on transient failures (network, 5xx, 429, pending approval)")
 }
 
-func rootCmd() *cobra.Command {
+func rootCmd(start time.Time) *cobra.Command {
 	root := &cobra.Command{
 		Use:          "enroll-agent",
 		Short:        "Enroll this device with its TPM identity and keep it enrolled",
 		SilenceUsage: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: exitUsage, err: err} })
-	root.AddCommand(runCmd(), enrollCmd(), whoamiCmd(), identityCmd(), statusCmd(), refreshCmd())
+	root.AddCommand(runCmd(start), enrollCmd(), whoamiCmd(), identityCmd(), statusCmd(), refreshCmd())
 	addSimulatorCommands(root)
 	return root
 }

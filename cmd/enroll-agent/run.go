@@ -24,7 +24,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/device/supervise"
 )
 
-func runCmd() *cobra.Command {
+func runCmd(processStart time.Time) *cobra.Command {
 	var f agentFlags
 	var (
 		readyFile, metricsListen, metricsTextfile string
@@ -52,6 +52,7 @@ READY=1 is sent when the device first becomes ready. SIGHUP renews now
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			o.StartedAt = processStart
 			reg := prometheus.NewRegistry()
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 			a, err := openAgent(ctx, &f, func(c *device.Config) { c.Registerer = reg; c.Logger = log })
