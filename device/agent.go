@@ -53,6 +53,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Transport, if set, makes the transport to the server (MQTT); nil
+	// means HTTPS to ServerURL.
+	Transport func(certs CertificateSource) (Transport, error)
 }
 
 // Agent enrolls one device. Its methods may be called from several
@@ -61,8 +64,7 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	cache   *cache.Cache
-	http    *httpClient
-	mtls    *httpClient
+	server  Transport
 	metrics *metrics
 
 	tpmMu    sync.Mutex // guards every TPM command sequence and the fields below
@@ -80,7 +82,7 @@ type Agent struct {
 // ready within milliseconds. On error everything opened is closed again,
 // the TPM included.
 func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
-	if cfg.ServerURL == "" || cfg.Roots == nil || cfg.TPM == nil || cfg.CachePath == "" {
+	if (cfg.ServerURL == "" && cfg.Transport == nil) || cfg.Roots == nil || cfg.TPM == nil || cfg.CachePath == "" {
 		if cfg.TPM != nil {
 			cfg.TPM.Close()
 		}
@@ -126,10 +128,13 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err := a.loadIdentity(); err != nil {
 		return nil, err
 	}
-	a.http = newHTTPClient(cfg.ServerURL, cfg.Roots, nil)
-	a.mtls = newHTTPClient(cfg.ServerURL, cfg.Roots, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-		return a.TLSCertificate()
-	})
+	if cfg.Transport != nil {
+		if a.server, err = cfg.Transport(a); err != nil {
+			return nil, fmt.Errorf("connecting to the server: %w", err)
+		}
+	} else {
+		a.server = NewHTTPSTransport(cfg.ServerURL, cfg.Roots, a)
+	}
 	return a, nil
 }
 
@@ -154,9 +159,9 @@ func (a *Agent) Close() error {
 		errs = append(errs, a.cache.Close())
 		a.cache = nil
 	}
-	if a.http != nil {
-		a.http.close()
-		a.mtls.close()
+	if a.server != nil {
+		errs = append(errs, a.server.Close())
+		a.server = nil
 	}
 	return errors.Join(errs...)
 }

@@ -305,3 +305,39 @@ func TestPermanentRefusalIsNotRetried(t *testing.T) {
 		t.Errorf("permanent refusal: %d begin requests, want 1", n)
 	}
 }
+
+// TestFailedRenewalKeepsOldState: a renewal whose answer does not verify
+// changes nothing: the old certificate and bundle stay, still ready.
+func TestFailedRenewalKeepsOldState(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	cachePath := filepath.Join(t.TempDir(), "agent.db")
+	a := newAgent(t, newServer(t, ca, nil, mfr, 3, nil), tpmDir, cachePath)
+	if _, err := a.Enroll(context.Background(), once); err != nil {
+		t.Fatal(err)
+	}
+	before, err := a.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	bad := newServer(t, ca, nil, mfr, 4, func(fr *api.FinishResponse) {
+		parts := strings.Split(fr.Bundle, ".")
+		parts[2] = parts[2][:len(parts[2])-4] + "AAAA" // signature
+		fr.Bundle = strings.Join(parts, ".")
+	})
+	a = newAgent(t, bad, tpmDir, cachePath)
+	if _, err := a.Enroll(context.Background(), once); err == nil || !strings.Contains(err.Error(), "config bundle") {
+		t.Fatalf("renewal with a forged bundle: %v", err)
+	}
+	after, err := a.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(after.CertificateChain[0], before.CertificateChain[0]) || after.BundleVersion != 3 {
+		t.Error("a refused renewal changed the cached certificate or bundle")
+	}
+	if st := a.CachedState(time.Now()); !st.Ready {
+		t.Errorf("not ready after a refused renewal: %s", st.Reason)
+	}
+}

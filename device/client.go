@@ -26,6 +26,61 @@ type TransientError struct {
 func (e *TransientError) Error() string { return e.Err.Error() }
 func (e *TransientError) Unwrap() error { return e.Err }
 
+// Transport carries the protocol's messages to the server. HTTPS is the
+// default; MQTT implements the same interface. Errors follow one rule: an
+// *api.Error for a server refusal, wrapped in *TransientError when retrying
+// could help (network, 5xx, 429, pending approval).
+type Transport interface {
+	Begin(ctx context.Context, correlationID string, req *api.BeginRequest) (*api.BeginResponse, error)
+	Finish(ctx context.Context, correlationID string, req *api.FinishRequest) (*api.FinishResponse, error)
+	// Whoami calls the server authenticated by the device certificate.
+	Whoami(ctx context.Context, correlationID string) (*api.WhoamiResponse, error)
+	Close() error
+}
+
+// CertificateSource gives a transport the device's current mTLS
+// certificate, whose key is in the TPM.
+type CertificateSource interface {
+	TLSCertificate() (*tls.Certificate, error)
+}
+
+// NewHTTPSTransport speaks HTTPS to baseURL, trusting only roots. Begin and
+// finish share one kept-alive connection (one TLS handshake); Whoami uses a
+// second client that presents the device certificate from certs.
+func NewHTTPSTransport(baseURL string, roots *x509.CertPool, certs CertificateSource) Transport {
+	return &httpsTransport{
+		plain: newHTTPClient(baseURL, roots, nil),
+		mtls: newHTTPClient(baseURL, roots, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return certs.TLSCertificate()
+		}),
+	}
+}
+
+type httpsTransport struct {
+	plain, mtls *httpClient
+}
+
+func (t *httpsTransport) Begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+	var resp api.BeginResponse
+	return &resp, t.plain.do(ctx, http.MethodPost, api.PathBegin, corr, req, &resp)
+}
+
+func (t *httpsTransport) Finish(ctx context.Context, corr string, req *api.FinishRequest) (*api.FinishResponse, error) {
+	var resp api.FinishResponse
+	return &resp, t.plain.do(ctx, http.MethodPost, api.PathFinish, corr, req, &resp)
+}
+
+func (t *httpsTransport) Whoami(ctx context.Context, corr string) (*api.WhoamiResponse, error) {
+	var resp api.WhoamiResponse
+	return &resp, t.mtls.do(ctx, http.MethodGet, api.PathWhoami, corr, nil, &resp)
+}
+
+func (t *httpsTransport) Close() error {
+	t.plain.close()
+	t.mtls.close()
+	return nil
+}
+
 // httpClient speaks the HTTPS transport. One client keeps one connection
 // alive so begin and finish share a TLS handshake.
 type httpClient struct {

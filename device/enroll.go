@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"time"
@@ -131,8 +130,10 @@ func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
 		log.Info("challenge answered", "phase", "activate")
 	}
 
-	var fr api.FinishResponse
-	if err := a.call(ctx, http.MethodPost, api.PathFinish, corr, &finish, &fr); err != nil {
+	fr, err := withTimeout(ctx, a.cfg.RequestTimeout, func(ctx context.Context) (*api.FinishResponse, error) {
+		return a.server.Finish(ctx, corr, &finish)
+	})
+	if err != nil {
 		// Keep the session for a resend only when the answer may not
 		// have arrived (network, 5xx, busy); otherwise start over.
 		if !IsTransient(err) || errors.Is(err, &api.Error{Code: api.CodeNonceUnknownOrUsed}) {
@@ -142,7 +143,7 @@ func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
 	}
 
 	// Trust nothing in the answer before it verifies against the root.
-	res, err := a.verifyFinish(&fr)
+	res, err := a.verifyFinish(fr)
 	if err != nil {
 		a.cache.ClearPendingSession()
 		return nil, fmt.Errorf("verifying server response: %w", err)
@@ -188,14 +189,16 @@ func (a *Agent) resumeOrBegin(ctx context.Context) (*cache.PendingSession, error
 		begin.EKCertificate = a.ek.Certificate.Raw
 	}
 	a.tpmMu.Unlock()
-	var br api.BeginResponse
-	if err := a.call(ctx, http.MethodPost, api.PathBegin, corr, &begin, &br); err != nil {
+	br, err := withTimeout(ctx, a.cfg.RequestTimeout, func(ctx context.Context) (*api.BeginResponse, error) {
+		return a.server.Begin(ctx, corr, &begin)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	if br.DeviceID != a.deviceID {
 		return nil, fmt.Errorf("begin: server computed device ID %s, this TPM is %s", br.DeviceID, a.deviceID)
 	}
-	raw, _ := json.Marshal(&br)
+	raw, _ := json.Marshal(br)
 	p := &cache.PendingSession{CorrelationID: corr, Begin: raw, ExpiresAt: br.ExpiresAt}
 	if err := a.cache.PutPendingSession(p); err != nil {
 		return nil, fmt.Errorf("recording session: %w", err)
@@ -204,10 +207,11 @@ func (a *Agent) resumeOrBegin(ctx context.Context) (*cache.PendingSession, error
 	return p, nil
 }
 
-func (a *Agent) call(ctx context.Context, method, path, corr string, req, resp any) error {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+// withTimeout runs one request under its own deadline.
+func withTimeout[T any](ctx context.Context, d time.Duration, fn func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	return a.http.do(ctx, method, path, corr, req, resp)
+	return fn(ctx)
 }
 
 // answer runs the TPM half of the protocol.
@@ -363,13 +367,9 @@ func (a *Agent) Enrollment() (*cache.Enrollment, error) { return a.cache.Enrollm
 
 // Whoami calls the server over mTLS with the TPM-backed certificate.
 func (a *Agent) Whoami(ctx context.Context) (*api.WhoamiResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	defer cancel()
-	var w api.WhoamiResponse
-	if err := a.mtls.do(ctx, http.MethodGet, api.PathWhoami, newCorrelationID(), nil, &w); err != nil {
-		return nil, err
-	}
-	return &w, nil
+	return withTimeout(ctx, a.cfg.RequestTimeout, func(ctx context.Context) (*api.WhoamiResponse, error) {
+		return a.server.Whoami(ctx, newCorrelationID())
+	})
 }
 
 func apiAKParams(p goattest.AttestationParameters) api.AttestationParameters {
