@@ -11,6 +11,15 @@ const (
 	// client make the server buffer megabytes.
 	MaxRequestBytes = 64 << 10
 
+	// MaxEventLogBytes bounds the TCG event log a device sends with
+	// finish. Firmware logs are typically 20–100 KiB; 1 MiB leaves room
+	// for large boot chains.
+	MaxEventLogBytes = 1 << 20
+
+	// MaxFinishRequestBytes bounds a finish body: the other fields plus the
+	// event log in base64.
+	MaxFinishRequestBytes = MaxRequestBytes + (MaxEventLogBytes+2)/3*4
+
 	// MaxResponseBytes bounds what a device reads back: a certificate chain
 	// and a config bundle.
 	MaxResponseBytes = 1 << 20

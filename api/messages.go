@@ -87,6 +87,10 @@ type FinishRequest struct {
 	Key             CertificationParameters `json:"key"`
 	// CSR is a PKCS#10 request (DER) signed by the certified TPM key.
 	CSR []byte `json:"csr"`
+	// EventLog is the TCG firmware event log (binary_bios_measurements),
+	// empty when the platform has none. Untrusted until replayed against
+	// the quoted PCRs.
+	EventLog []byte `json:"event_log,omitempty"`
 }
 
 // FinishResponse delivers the device certificate and its config bundle.
@@ -171,6 +175,9 @@ func (r *FinishRequest) Validate() error {
 		if err := blob(f.name, f.b, true); err != nil {
 			return err
 		}
+	}
+	if len(r.EventLog) > MaxEventLogBytes {
+		return Errorf(CodeBadRequest, "event_log is %d bytes, limit is %d", len(r.EventLog), MaxEventLogBytes)
 	}
 	if len(r.PCRs) == 0 || len(r.PCRs) > MaxPCRs {
 		return Errorf(CodeBadRequest, "pcrs must list 1 to %d values, got %d", MaxPCRs, len(r.PCRs))

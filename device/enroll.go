@@ -252,8 +252,16 @@ func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing CSR with the TPM key: %w", err)
 	}
+	eventLog, err := a.tpm.MeasurementLog()
+	if err != nil {
+		return nil, fmt.Errorf("reading the firmware event log: %w", err)
+	}
+	if len(eventLog) > api.MaxEventLogBytes {
+		return nil, fmt.Errorf("firmware event log is %d bytes, the protocol carries at most %d", len(eventLog), api.MaxEventLogBytes)
+	}
 	cp := a.key.CertificationParameters()
 	return &api.FinishRequest{
+		EventLog:        eventLog,
 		SessionID:       br.SessionID,
 		ActivationProof: api.ActivationProof(secret, br.SessionID),
 		Quote:           api.Quote{Quote: quote.Quote, Signature: quote.Signature},
