@@ -65,6 +65,7 @@ type Agent struct {
 	log     *slog.Logger
 	cache   *cache.Cache
 	server  Transport
+	channel *tpmdev.Channel // the TPM command channel, and the event log
 	metrics *metrics
 
 	tpmMu    sync.Mutex // guards every TPM command sequence and the fields below
@@ -113,7 +114,8 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		cfg.TPM.Close()
 		return nil, err
 	}
-	a.tpm, err = goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: tpmdev.NewChannel(cfg.TPM, cfg.EventLogPath)})
+	a.channel = tpmdev.NewChannel(cfg.TPM, cfg.EventLogPath)
+	a.tpm, err = goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: a.channel})
 	if err != nil {
 		cfg.TPM.Close()
 		return nil, fmt.Errorf("opening TPM: %w", err)

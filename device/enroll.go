@@ -252,7 +252,7 @@ func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing CSR with the TPM key: %w", err)
 	}
-	eventLog, err := a.tpm.MeasurementLog()
+	eventLog, err := a.channel.MeasurementLog()
 	if err != nil {
 		return nil, fmt.Errorf("reading the firmware event log: %w", err)
 	}
