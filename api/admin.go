@@ -11,18 +11,20 @@ import (
 const (
 	PathAdminPreregistrations = "/v1/admin/preregistrations"
 	PathAdminDevices          = "/v1/admin/devices"
-)
-
-// Admin limits.
-const (
-	// MaxAdminRequestBytes bounds an admin request: room for a batch of
-	// MaxPreregistrationsPerRequest rows.
-	MaxAdminRequestBytes = 8 << 20
-	// MaxPreregistrationsPerRequest bounds one pre-registration batch.
-	MaxPreregistrationsPerRequest = 10000
-	// MaxSerialLen and MaxGroupLen bound factory fields.
-	MaxSerialLen = 128
-	MaxGroupLen  = 64
+	// PathAdminDevice + "/" + ID reads one device; PathAdminDevices + "/"
+	// + a DeviceAction changes devices.
+	PathAdminStatus       = "/v1/admin/status"
+	PathAdminImports      = "/v1/admin/imports"
+	PathAdminGroups       = "/v1/admin/groups"
+	PathAdminConfig       = "/v1/admin/config"
+	PathAdminConfigHist   = "/v1/admin/config/history"
+	PathAdminConfigRoll   = "/v1/admin/config/rollback"
+	PathAdminCertificates = "/v1/admin/certificates"
+	PathAdminAudit        = "/v1/admin/audit"
+	PathAdminOperators    = "/v1/admin/operators"
+	// PathCRL serves the current DER revocation list (application/pkix-crl)
+	// to anyone: it is signed by the CA's intermediate.
+	PathCRL = "/v1/crl"
 )
 
 // CodeForbidden: the operator certificate is valid but lacks the role.
@@ -75,20 +77,33 @@ func (r *PreregisterRequest) Validate() error {
 
 // DeviceSummary is one device as the admin API lists it.
 type DeviceSummary struct {
-	DeviceID       string    `json:"device_id"`
-	Status         string    `json:"status"`
-	Admission      string    `json:"admission"`
-	Serial         string    `json:"serial,omitempty"`
-	Group          string    `json:"group,omitempty"`
-	Hostname       string    `json:"hostname,omitempty"`
-	CertSerial     string    `json:"cert_serial"`
-	CertNotAfter   time.Time `json:"cert_not_after"`
-	BundleVersion  uint64    `json:"bundle_version"`
-	Enrollments    int       `json:"enrollments"`
-	LastEnrolledAt time.Time `json:"last_enrolled_at"`
+	DeviceID       string            `json:"device_id"`
+	Status         string            `json:"status"`
+	Admission      string            `json:"admission"`
+	Serial         string            `json:"serial,omitempty"`
+	Group          string            `json:"group,omitempty"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	Hostname       string            `json:"hostname,omitempty"`
+	CertSerial     string            `json:"cert_serial"`
+	CertNotAfter   time.Time         `json:"cert_not_after"`
+	BundleVersion  uint64            `json:"bundle_version"`
+	Enrollments    int               `json:"enrollments"`
+	Renewals       int               `json:"renewals"`
+	LastEnrolledAt time.Time         `json:"last_enrolled_at"`
+	// PendingSince and PendingExpiresAt are set while Status is pending.
+	PendingSince     time.Time `json:"pending_since,omitzero"`
+	PendingExpiresAt time.Time `json:"pending_expires_at,omitzero"`
+	// StatusChangedAt, StatusChangedBy and StatusReason record the last
+	// operator decision (approve, deny, revoke, readmit).
+	StatusChangedAt time.Time `json:"status_changed_at,omitzero"`
+	StatusChangedBy string    `json:"status_changed_by,omitempty"`
+	StatusReason    string    `json:"status_reason,omitempty"`
 }
 
-// DeviceList is the answer to GET PathAdminDevices.
+// DeviceList is the answer to GET PathAdminDevices. Query parameters:
+// status, group, label (k=v, repeatable), after (a page token), limit.
 type DeviceList struct {
 	Devices []DeviceSummary `json:"devices"`
+	// NextPageToken, when set, is the after= of the next page.
+	NextPageToken string `json:"next_page_token,omitempty"`
 }

@@ -49,10 +49,26 @@ const (
 	// CodeBusy: the server is shedding load (HTTP 429); retry after the
 	// Retry-After hint.
 	CodeBusy Code = "busy"
+	// CodeFirmwareNotApproved: the measured firmware is not an approved
+	// reference of the device's group.
+	CodeFirmwareNotApproved Code = "firmware_not_approved"
+	// CodeSecureBootDisabled: the group requires secure boot and the event
+	// log shows it off.
+	CodeSecureBootDisabled Code = "secure_boot_disabled"
+	// CodeEventLogMismatch: the event log does not replay to the quoted
+	// PCR values, or is malformed.
+	CodeEventLogMismatch Code = "event_log_mismatch"
+	// CodePCRNotQuoted: a PCR the policy needs was not in the quote.
+	CodePCRNotQuoted Code = "pcr_not_quoted"
 	// CodeUnavailable: transient server condition; retry after the hint.
 	CodeUnavailable Code = "unavailable"
 	// CodeInternal: a server fault; retry with backoff.
 	CodeInternal Code = "internal"
+	// CodeConflict: an admin request conflicts with the current state,
+	// such as a serial number already registered to another TPM, or an
+	// action on a device whose status does not allow it. Permanent: the
+	// message says what is in the way.
+	CodeConflict Code = "conflict"
 )
 
 // Permanent reports whether retrying the same request cannot succeed.

@@ -25,10 +25,17 @@ func TestCodePermanent(t *testing.T) {
 		{api.CodeNotFound, true},
 		{api.CodeMethodNotAllowed, true},
 		{api.CodeForbidden, true},
+		{api.CodeConflict, true},
+		// Until an operator re-admits the device.
+		{api.CodeDenied, true},
+		{api.CodeRevoked, true},
 		// A lost or expired session is cured by a new begin.
 		{api.CodeNonceUnknownOrUsed, false},
 		{api.CodeUnavailable, false},
 		{api.CodeInternal, false},
+		// Retry after the Retry-After hint.
+		{api.CodePendingApproval, false},
+		{api.CodeBusy, false},
 		// A code this client does not know yet is not retried blindly.
 		{api.Code("added_in_v2"), true},
 		{api.Code(""), true},

@@ -1,7 +1,11 @@
 package enrollserver
 
 import (
+	"context"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 )
 
 // metrics are the server's Prometheus collectors, registered on the
@@ -12,6 +16,10 @@ type metrics struct {
 	issuance            prometheus.Histogram
 	timeToFinish        prometheus.Histogram
 	begins              *prometheus.CounterVec
+	renewals            *prometheus.CounterVec
+	admin               *prometheus.CounterVec
+	auditSuppressed     prometheus.Counter
+	crlEntries          prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,11 +46,53 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from begin to a successful finish of one session.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeenroll_renewals_total",
+			Help: "Begins by devices that held an unexpired certificate, by outcome (success, refused, error).",
+		}, []string{"outcome"}),
+		admin: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeenroll_admin_calls_total",
+			Help: "Admin API calls by action and outcome (success, refused, error).",
+		}, []string{"action", "outcome"}),
+		auditSuppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgeenroll_audit_suppressed_total",
+			Help: "Refused calls not written to the audit log because refusals exceeded their rate limit.",
+		}),
+		crlEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgeenroll_crl_entries",
+			Help: "Entries of the current certificate revocation list.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.enrollments, m.begins, m.attestationFailures, m.issuance, m.timeToFinish} {
+	for _, c := range []prometheus.Collector{m.enrollments, m.begins, m.attestationFailures, m.issuance, m.timeToFinish,
+		m.renewals, m.admin, m.auditSuppressed, m.crlEntries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// registerStoreGauges exports record counts, read from the store at each
+// scrape.
+func (m *metrics) registerStoreGauges(reg prometheus.Registerer, st store.Store) error {
+	return reg.Register(&storeCollector{st: st, desc: prometheus.NewDesc("edgeenroll_devices",
+		"Device records by status.", []string{"status"}, nil)})
+}
+
+type storeCollector struct {
+	st   store.Store
+	desc *prometheus.Desc
+}
+
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	stats, err := c.st.Stats(context.Background())
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for _, status := range store.Statuses() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(stats.Devices[status]), string(status))
+	}
 }

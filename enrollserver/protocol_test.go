@@ -211,9 +211,10 @@ type env struct {
 	client *http.Client
 	mu     sync.Mutex
 	now    time.Time
+	srv    *enrollserver.Server
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, opts ...func(*enrollserver.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
@@ -233,14 +234,19 @@ func newEnv(t *testing.T) *env {
 	roots.AddCert(mfr.Certificate)
 	e := &env{t: t, ca: ca, store: st, mfr: mfr, now: time.Now()}
 	reg := prometheus.NewRegistry()
-	srv, err := enrollserver.New(enrollserver.Config{
+	cfg := enrollserver.Config{
 		Store: st, CA: ca, ManufacturerRoots: roots, SessionTTL: time.Minute, Registerer: reg,
 		Bundles: enrollserver.StaticBundle{Version: 3, Config: json.RawMessage(`{"k":"v"}`)},
 		Now:     e.clock,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := enrollserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.srv = srv
 	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{Gatherer: reg}))
 	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {

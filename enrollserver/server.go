@@ -67,10 +67,45 @@ type Config struct {
 	SessionTTL time.Duration
 	// PCRs to quote; nil means DefaultPCRs.
 	PCRs []int
-	// Bundles supplies config; nil means an empty config at version 1.
+	// Bundles supplies the default config: what a device gets when no
+	// config version is stored for it or its group (see SetConfig); nil
+	// means an empty config at version 1. Stored versions always number
+	// above its version.
 	Bundles        BundleSource
 	BundleLifetime time.Duration
-	Logger         *slog.Logger
+
+	// DefaultGroup is the group of devices not pre-registered into one;
+	// "" means "default".
+	DefaultGroup string
+	// DefaultAdmission applies to groups without a record: api.AdmissionAuto
+	// (the default), AdmissionManual or AdmissionDeny.
+	DefaultAdmission string
+	// OpenMode lets a device that is neither pre-registered nor chained
+	// to a trusted manufacturer root wait in the pending list for an
+	// operator. The default (false) is closed mode: such a device is
+	// refused and leaves no record, so strangers cannot fill the list.
+	OpenMode bool
+	// MaxPending caps pending records; 0 means api.DefaultMaxPending.
+	MaxPending int
+	// PendingTTL is how long a pending record waits for a decision; 0
+	// means api.DefaultPendingTTL.
+	PendingTTL time.Duration
+	// PendingRetryAfter is the Retry-After given to a pending device; 0
+	// means api.DefaultPendingRetryAfter.
+	PendingRetryAfter time.Duration
+	// CRLLifetime is the interval between thisUpdate and nextUpdate of the
+	// revocation list; 0 means DefaultCRLLifetime. RefreshCRL must run
+	// more often (the daemon runs it every CRLLifetime/4).
+	CRLLifetime time.Duration
+	// OnCRL, if set, receives every newly signed CRL (DER), such as to
+	// publish it as a file. An error is logged, not fatal.
+	OnCRL func(der []byte) error
+	// AuditRefusalsPerSecond bounds audit records of refused calls (a
+	// token bucket with a burst of ten seconds' worth); 0 means
+	// DefaultAuditRefusalsPerSecond. Refusals beyond it are counted in
+	// edgeenroll_audit_suppressed_total, not recorded.
+	AuditRefusalsPerSecond float64
+	Logger                 *slog.Logger
 	// Registerer receives the metrics; nil means a private registry.
 	Registerer prometheus.Registerer
 	Now        func() time.Time
@@ -83,6 +118,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	finish  singleflight.Group
+	crl     crlState
+	refusal *tokenBucket
 }
 
 // New validates cfg and returns a Server.
@@ -135,6 +172,47 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
+	if cfg.DefaultGroup == "" {
+		cfg.DefaultGroup = DefaultGroupName
+	}
+	if err := api.ValidateGroupName(cfg.DefaultGroup); err != nil {
+		errs = append(errs, fmt.Errorf("DefaultGroup: %w", err))
+	}
+	if cfg.DefaultAdmission == "" {
+		cfg.DefaultAdmission = api.AdmissionAuto
+	}
+	switch cfg.DefaultAdmission {
+	case api.AdmissionAuto, api.AdmissionManual, api.AdmissionDeny:
+	default:
+		errs = append(errs, fmt.Errorf("DefaultAdmission %q must be auto, manual or deny", cfg.DefaultAdmission))
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = api.DefaultMaxPending
+	}
+	if cfg.MaxPending < 1 || cfg.MaxPending > MaxPendingCap {
+		errs = append(errs, fmt.Errorf("MaxPending %d is outside [1, %d]", cfg.MaxPending, MaxPendingCap))
+	}
+	if cfg.PendingTTL == 0 {
+		cfg.PendingTTL = api.DefaultPendingTTL
+	}
+	if cfg.PendingTTL < time.Minute || cfg.PendingTTL > MaxPendingTTL {
+		errs = append(errs, fmt.Errorf("PendingTTL %s is outside [1m, %s]", cfg.PendingTTL, MaxPendingTTL))
+	}
+	if cfg.PendingRetryAfter == 0 {
+		cfg.PendingRetryAfter = api.DefaultPendingRetryAfter
+	}
+	if cfg.PendingRetryAfter < time.Second || cfg.PendingRetryAfter > time.Hour {
+		errs = append(errs, fmt.Errorf("PendingRetryAfter %s is outside [1s, 1h]", cfg.PendingRetryAfter))
+	}
+	if cfg.CRLLifetime == 0 {
+		cfg.CRLLifetime = DefaultCRLLifetime
+	}
+	if cfg.CRLLifetime < MinCRLLifetime || cfg.CRLLifetime > MaxCRLLifetime {
+		errs = append(errs, fmt.Errorf("CRLLifetime %s is outside [%s, %s]", cfg.CRLLifetime, MinCRLLifetime, MaxCRLLifetime))
+	}
+	if cfg.AuditRefusalsPerSecond == 0 {
+		cfg.AuditRefusalsPerSecond = DefaultAuditRefusalsPerSecond
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("enrollserver config: %w", errors.Join(errs...))
 	}
@@ -142,22 +220,31 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, metrics: m}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m,
+		refusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now)}
+	if err := m.registerStoreGauges(cfg.Registerer, cfg.Store); err != nil {
+		return nil, fmt.Errorf("registering metrics: %w", err)
+	}
+	return s, nil
 }
 
 // Begin verifies who the device claims to be and challenges its TPM. The
 // request must have passed api validation. Refusals are *api.Error.
 func (s *Server) Begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
-	resp, err := s.begin(ctx, corr, req)
+	var renewal bool
+	resp, err := s.begin(ctx, corr, req, &renewal)
 	outcome, code := outcomeOf(err)
 	s.metrics.begins.WithLabelValues(outcome, code).Inc()
+	if renewal {
+		s.metrics.renewals.WithLabelValues(outcome).Inc()
+	}
 	if err != nil {
 		s.log.LogAttrs(ctx, levelOf(outcome), "begin refused", slog.String("correlation_id", corr), slog.String("code", code), slog.String("err", err.Error()))
 	}
 	return resp, err
 }
 
-func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, renewal *bool) (*api.BeginResponse, error) {
 	now := s.cfg.Now()
 
 	// 1. The EK public key and the device ID derived from it.
@@ -170,11 +257,12 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest) 
 		return nil, s.refuse(err)
 	}
 
-	// 2. Admission: a certificate chaining to a manufacturer root, or a
-	// factory pre-registration of this EK.
+	// 2. Admission: a certificate chaining to a manufacturer root or a
+	// factory pre-registration of this EK, then the device's record and
+	// its group's policy (see admit).
 	sess := &store.Session{DeviceID: deviceID, CorrelationID: corr, EKPublic: req.EKPublic,
 		Device: store.DeviceInfo{Hostname: req.Device.Hostname, AgentVersion: req.Device.AgentVersion}}
-	if err := s.admit(ctx, sess, req, ekPub, now); err != nil {
+	if err := s.admit(ctx, sess, req, ekPub, now, renewal); err != nil {
 		return nil, err
 	}
 
@@ -222,47 +310,6 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest) 
 		PCRs:      sess.PCRs,
 		ExpiresAt: sess.ExpiresAt,
 	}, nil
-}
-
-// admit decides whether the EK is trusted and records why in sess.
-func (s *Server) admit(ctx context.Context, sess *store.Session, req *api.BeginRequest, ekPub any, now time.Time) error {
-	var certErr error
-	if len(req.EKCertificate) > 0 {
-		if s.cfg.ManufacturerRoots == nil {
-			certErr = errors.New("no manufacturer roots are configured")
-		} else {
-			_, certErr = attest.VerifyEKCertificate(req.EKCertificate, ekPub, s.cfg.ManufacturerRoots, s.cfg.ManufacturerIntermediates, now)
-		}
-		if certErr == nil {
-			sess.Admission = store.AdmissionEKCertificate
-			s.applyPrereg(ctx, sess)
-			return nil
-		}
-		// A certificate for another key is a forgery, not an unknown
-		// vendor: no pre-registration excuses it.
-		var ve *attest.VerificationError
-		if errors.As(certErr, &ve) && ve.Reason == attest.ReasonEKMismatch {
-			return s.refuse(certErr)
-		}
-	}
-	if reg, err := s.cfg.Store.Preregistration(ctx, sess.DeviceID); err == nil {
-		sess.Admission = store.AdmissionPreregistered
-		sess.Serial, sess.Group = reg.Serial, reg.Group
-		return nil
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("reading pre-registration: %w", err)
-	}
-	if certErr != nil {
-		return s.refuse(certErr)
-	}
-	return api.Errorf(api.CodeNotRegistered, "device %s has no EK certificate and was not pre-registered: register it with `enrollctl preregister --ek-hash %s`", sess.DeviceID, sess.DeviceID)
-}
-
-// applyPrereg copies factory data for a device that is also pre-registered.
-func (s *Server) applyPrereg(ctx context.Context, sess *store.Session) {
-	if reg, err := s.cfg.Store.Preregistration(ctx, sess.DeviceID); err == nil {
-		sess.Serial, sess.Group = reg.Serial, reg.Group
-	}
 }
 
 // Finish checks the device's answer to the challenge and, if every step
@@ -343,15 +390,15 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 
 	// 5. Issue the certificate and sign the bundle.
 	issueStart := time.Now()
-	issued, err := s.cfg.Issuer.IssueDevice(ctx, pki.DeviceCertRequest{DeviceID: sess.DeviceID, PublicKey: keyPub, Lifetime: s.cfg.LeafLifetime})
+	lifetime := s.cfg.LeafLifetime
+	if sess.CertLifetime != 0 {
+		lifetime = sess.CertLifetime
+	}
+	issued, err := s.cfg.Issuer.IssueDevice(ctx, pki.DeviceCertRequest{DeviceID: sess.DeviceID, PublicKey: keyPub, Lifetime: lifetime})
 	if err != nil {
 		return nil, fmt.Errorf("issuing certificate: %w", err)
 	}
-	prev, err := s.cfg.Store.Device(ctx, sess.DeviceID)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("reading device: %w", err)
-	}
-	version, config, err := s.cfg.Bundles.Bundle(ctx, prev)
+	version, config, err := s.deviceBundle(ctx, &store.Device{ID: sess.DeviceID, Serial: sess.Serial, Group: sess.Group, Labels: sess.Labels})
 	if err != nil {
 		return nil, fmt.Errorf("reading bundle config: %w", err)
 	}
@@ -369,23 +416,40 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 	serial := issued.Leaf.SerialNumber.Text(16)
 	dev, err := s.cfg.Store.FinishEnrollment(ctx, sess.ID, now, &store.IssuedCertificate{
 		Serial: serial, DeviceID: sess.DeviceID, SessionID: sess.ID,
-		NotBefore: issued.Leaf.NotBefore, NotAfter: issued.Leaf.NotAfter,
-	}, func(prev *store.Device) (*store.Device, error) {
+		NotBefore: issued.Leaf.NotBefore, NotAfter: issued.Leaf.NotAfter, Renewal: sess.Renewal,
+	}, func(prev *store.Device) (*store.Device, *store.AuditRecord, error) {
+		// An operator may have decided while the device was attesting.
+		if err := finishAllowed(prev, sess); err != nil {
+			return nil, nil, err
+		}
 		d := &store.Device{FirstEnrolledAt: now}
 		if prev != nil {
 			*d = *prev
+			if d.FirstEnrolledAt.IsZero() {
+				d.FirstEnrolledAt = now
+			}
 		}
 		d.ID, d.Status, d.Admission = sess.DeviceID, store.StatusEnrolled, sess.Admission
 		d.EKPublic, d.AKPublic, d.KeyPublic = sess.EKPublic, sess.AKPublic, keyDER
-		d.Serial, d.Group, d.Info = sess.Serial, sess.Group, sess.Device
+		d.Serial, d.Group, d.Labels, d.Info = sess.Serial, sess.Group, sess.Labels, sess.Device
+		if sess.EKIssuer != "" {
+			d.EKIssuer = sess.EKIssuer
+		}
 		d.CertificateChain, d.CertSerial, d.CertNotAfter = chain, serial, issued.Leaf.NotAfter
 		d.Bundle, d.BundleVersion = bundle, version
 		d.LastSessionID, d.LastFinishDigest = sess.ID, digest
+		d.PendingSince, d.PendingExpiresAt = time.Time{}, time.Time{}
 		d.Enrollments++
+		if sess.Renewal {
+			d.Renewals++
+		}
 		d.LastEnrolledAt = now
-		return d, nil
+		return d, issueAudit(now, sess, prev, d), nil
 	})
+	var ae *api.Error
 	switch {
+	case errors.As(err, &ae):
+		return nil, ae
 	case errors.Is(err, store.ErrSessionUsed):
 		// A concurrent finish with other evidence won the session.
 		return nil, api.Errorf(api.CodeNonceUnknownOrUsed, "session %s was already used", sess.ID)
@@ -438,6 +502,16 @@ func (s *Server) Whoami(ctx context.Context, leaf *x509.Certificate) (*api.Whoam
 		return nil, api.Errorf(api.CodeUnauthenticated, "certificate %s was not issued to device %s by this server", serial, id)
 	} else if err != nil {
 		return nil, fmt.Errorf("reading certificate record: %w", err)
+	}
+	if !rec.RevokedAt.IsZero() {
+		return nil, api.Errorf(api.CodeRevoked, "certificate %s of device %s was revoked at %s: %s", serial, id, rec.RevokedAt.UTC().Format(time.RFC3339), rec.RevocationReason)
+	}
+	dev, err := s.cfg.Store.Device(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("reading device: %w", err)
+	}
+	if dev.Status == store.StatusRevoked || dev.Status == store.StatusDenied {
+		return nil, api.Errorf(statusCode(dev.Status), "device %s is %s: %s", id, dev.Status, dev.StatusReason)
 	}
 	return &api.WhoamiResponse{DeviceID: id, Serial: serial, NotAfter: leaf.NotAfter}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 // client returns an HTTPS client presenting cert (nil for none).
@@ -66,12 +67,12 @@ func TestHTTPSurface(t *testing.T) {
 		t.Fatal(err)
 	}
 	deviceCert := &tls.Certificate{Certificate: fr.CertificateChain, PrivateKey: priv}
-	operatorCert, err := e.ca.IssueOperator("alice", 0)
+	operatorCert, err := e.ca.IssueOperator(pki.RoleViewer, "alice", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Issued by the CA, but never through enrollment: not a device.
-	stray, err := e.ca.IssueOperator("stray", 0)
+	stray, err := e.ca.IssueOperator(pki.RoleViewer, "stray", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,3 +64,11 @@ const (
 	// certificate.
 	MaxServerHosts = 100
 )
+
+// Revocation list caps.
+const (
+	// MaxCRLEntries caps one revocation list. Revoked certificates drop
+	// off the list once expired, so this bounds revocations within one
+	// certificate lifetime.
+	MaxCRLEntries = 1_000_000
+)

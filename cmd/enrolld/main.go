@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/daemon"
 	"github.com/edgeenroll/edgeenroll/pki"
 )
@@ -54,6 +55,14 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&cfg.SessionTTL, "session-ttl", api.DefaultSessionTTL, "time a device has between begin and finish")
 	fl.StringVar(&cfg.BundleConfigFile, "bundle-config", "", "JSON object file sent to devices as their signed config (default {})")
 	fl.Uint64Var(&cfg.BundleVersion, "bundle-version", 1, "version of --bundle-config; raise it when the config changes")
+	fl.StringVar(&cfg.DefaultGroup, "default-group", "default", "group of devices that were not pre-registered into one")
+	fl.StringVar(&cfg.DefaultAdmission, "default-admission", api.AdmissionAuto, "admission policy of groups without a record (`enrollctl groups set`): auto, manual or deny")
+	closed := fl.Bool("closed", true, "closed mode: a device neither pre-registered nor chained to a trusted manufacturer root is refused and leaves no record; --closed=false lets it wait as pending for an operator")
+	fl.IntVar(&cfg.MaxPending, "max-pending", api.DefaultMaxPending, "cap on pending device records; beyond it new devices are told to retry later")
+	fl.DurationVar(&cfg.PendingTTL, "pending-ttl", api.DefaultPendingTTL, "how long a pending device waits for an operator before its record expires")
+	fl.DurationVar(&cfg.PendingRetryAfter, "pending-retry-after", api.DefaultPendingRetryAfter, "Retry-After given to a pending device")
+	fl.DurationVar(&cfg.CRLLifetime, "crl-lifetime", enrollserver.DefaultCRLLifetime, "nextUpdate - thisUpdate of the CRL (GET /v1/crl, <data-dir>/crl.der); re-signed every quarter of it and at every revocation")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.PreRun = func(*cobra.Command, []string) { cfg.OpenMode = !*closed }
 	return cmd
 }

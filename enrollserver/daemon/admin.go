@@ -27,16 +27,19 @@ const renewOperatorBefore = 7 * 24 * time.Hour
 func AdminDir(dataDir string) string { return filepath.Join(dataDir, "admin") }
 
 // ensureOperatorCredential writes the bootstrap operator credential if it
-// is missing or about to expire. The key is written 0600 in a 0700 dir.
+// is missing, about to expire, or not an admin credential. The key is written 0600 in a 0700 dir.
 func ensureOperatorCredential(dir string, ca *pki.CA, now time.Time) (bool, error) {
 	certPath, keyPath := filepath.Join(dir, "operator.crt"), filepath.Join(dir, "operator.key")
 	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil && c.Leaf != nil && now.Add(renewOperatorBefore).Before(c.Leaf.NotAfter) {
-		return false, nil
+		// A credential of the older form names no role: replace it.
+		if op, err := pki.OperatorFromCertificate(c.Leaf, ca.TrustDomain()); err == nil && op.Role == pki.RoleAdmin {
+			return false, nil
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, fmt.Errorf("creating admin dir: %w", err)
 	}
-	cert, err := ca.IssueOperator(BootstrapOperator, 0)
+	cert, err := ca.IssueOperator(pki.RoleAdmin, BootstrapOperator, 0)
 	if err != nil {
 		return false, fmt.Errorf("issuing bootstrap operator certificate: %w", err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 	"github.com/edgeenroll/edgeenroll/pki"
 )
 
@@ -54,7 +55,16 @@ type Config struct {
 	// BundleConfigFile is a JSON object delivered to devices; "" sends {}.
 	BundleConfigFile string
 	BundleVersion    uint64
-	Logger           *slog.Logger
+	// DefaultGroup, DefaultAdmission, OpenMode, MaxPending, PendingTTL,
+	// PendingRetryAfter and CRLLifetime are enrollserver.Config's.
+	DefaultGroup      string
+	DefaultAdmission  string
+	OpenMode          bool
+	MaxPending        int
+	PendingTTL        time.Duration
+	PendingRetryAfter time.Duration
+	CRLLifetime       time.Duration
+	Logger            *slog.Logger
 	// Ready, if set, receives the bound address once serving.
 	Ready chan<- string
 }
@@ -62,6 +72,10 @@ type Config struct {
 // Paths inside the data directory.
 func caDir(dataDir string) string     { return filepath.Join(dataDir, "ca") }
 func storePath(dataDir string) string { return filepath.Join(dataDir, "enroll.db") }
+
+// CRLPath is where enrolld publishes the current revocation list (DER),
+// rewritten atomically at every change; GET /v1/crl serves the same list.
+func CRLPath(dataDir string) string { return filepath.Join(dataDir, "crl.der") }
 
 // RootCertPath is where the enrollment root certificate lives: what devices
 // must be given as their trust anchor.
@@ -114,11 +128,20 @@ func Run(ctx context.Context, cfg Config) error {
 	srv, err := enrollserver.New(enrollserver.Config{
 		Store: st, CA: ca, ManufacturerRoots: roots,
 		LeafLifetime: cfg.LeafLifetime, SessionTTL: cfg.SessionTTL,
-		Bundles: enrollserver.StaticBundle{Version: version, Config: bundleCfg},
-		Logger:  log, Registerer: reg,
+		Bundles:      enrollserver.StaticBundle{Version: version, Config: bundleCfg},
+		DefaultGroup: cfg.DefaultGroup, DefaultAdmission: cfg.DefaultAdmission, OpenMode: cfg.OpenMode,
+		MaxPending: cfg.MaxPending, PendingTTL: cfg.PendingTTL, PendingRetryAfter: cfg.PendingRetryAfter,
+		CRLLifetime: cfg.CRLLifetime,
+		OnCRL: func(der []byte) error {
+			return atomicfile.Write(CRLPath(cfg.DataDir), der, 0o644)
+		},
+		Logger: log, Registerer: reg,
 	})
 	if err != nil {
 		return err
+	}
+	if _, err := srv.RefreshCRL(ctx); err != nil {
+		return fmt.Errorf("signing the initial crl: %w", err)
 	}
 	hosts := cfg.Hostnames
 	if len(hosts) == 0 {
@@ -152,11 +175,13 @@ func Run(ctx context.Context, cfg Config) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	log.Info("enrolld serving", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "root_ca", RootCertPath(cfg.DataDir),
-		"trust_domain", ca.TrustDomain(), "manufacturer_roots", len(cfg.ManufacturerRoots))
+		"trust_domain", ca.TrustDomain(), "manufacturer_roots", len(cfg.ManufacturerRoots), "closed_mode", !cfg.OpenMode,
+		"crl", CRLPath(cfg.DataDir))
 	if cfg.Ready != nil {
 		cfg.Ready <- ln.Addr().String()
 	}
 	go purgeLoop(ctx, srv, log)
+	go crlLoop(ctx, srv, log)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
 	select {
@@ -184,10 +209,26 @@ func purgeLoop(ctx context.Context, srv *enrollserver.Server, log *slog.Logger) 
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := srv.PurgeExpiredSessions(ctx); err != nil {
-				log.Error("purging sessions", "err", err)
-			} else if n > 0 {
-				log.Info("purged expired sessions", "count", n)
+			if sessions, pending, imports, err := srv.PurgeExpired(ctx); err != nil {
+				log.Error("purging expired records", "err", err)
+			} else if sessions+pending+imports > 0 {
+				log.Info("purged expired records", "sessions", sessions, "pending_devices", pending, "staged_imports", imports)
+			}
+		}
+	}
+}
+
+// crlLoop re-signs the CRL well before its nextUpdate.
+func crlLoop(ctx context.Context, srv *enrollserver.Server, log *slog.Logger) {
+	t := time.NewTicker(srv.CRLRefreshInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := srv.RefreshCRL(ctx); err != nil {
+				log.Error("refreshing crl", "err", err)
 			}
 		}
 	}

@@ -12,13 +12,13 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
-	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 // Options configure the handler.
@@ -40,8 +40,8 @@ func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
 	mux.HandleFunc("POST "+api.PathBegin, h.begin)
 	mux.HandleFunc("POST "+api.PathFinish, h.finish)
 	mux.HandleFunc("GET "+api.PathWhoami, h.whoami)
-	mux.HandleFunc("POST "+api.PathAdminPreregistrations, h.preregister)
-	mux.HandleFunc("GET "+api.PathAdminDevices, h.devices)
+	mux.HandleFunc("GET "+api.PathCRL, h.crl)
+	h.registerAdmin(mux)
 	mux.HandleFunc("GET "+api.PathHealthz, func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -49,15 +49,19 @@ func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
 	if opts.Gatherer != nil {
 		mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}
-	allowed := map[string]string{
-		api.PathBegin: http.MethodPost, api.PathFinish: http.MethodPost, api.PathWhoami: http.MethodGet,
-		api.PathAdminPreregistrations: http.MethodPost, api.PathAdminDevices: http.MethodGet,
-		api.PathHealthz: http.MethodGet, api.PathReadyz: http.MethodGet, api.PathMetrics: http.MethodGet,
-	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if m, ok := allowed[r.URL.Path]; ok {
-			w.Header().Set("Allow", m)
-			writeError(w, correlationID(r), api.Errorf(api.CodeMethodNotAllowed, "%s takes %s, not %s", r.URL.Path, m, r.Method))
+		// The catch-all matched: find the methods the path takes, if any.
+		var allow []string
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, correlationID(r), api.Errorf(api.CodeMethodNotAllowed, "%s takes %s, not %s", r.URL.Path, strings.Join(allow, " or "), r.Method))
 			return
 		}
 		writeError(w, correlationID(r), api.Errorf(api.CodeNotFound, "no endpoint %s %s", r.Method, r.URL.Path))
@@ -107,57 +111,6 @@ func (h *handler) whoami(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, err := h.srv.Whoami(r.Context(), r.TLS.VerifiedChains[0][0])
-	if err != nil {
-		h.fail(w, r, corr, err)
-		return
-	}
-	writeJSON(w, corr, resp)
-}
-
-// operator returns the authenticated operator's name, or writes the
-// refusal and returns false.
-func (h *handler) operator(w http.ResponseWriter, r *http.Request, corr string) (string, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		h.fail(w, r, corr, api.Errorf(api.CodeUnauthenticated, "admin calls need an operator certificate issued by this server (see the admin/ directory in enrolld's data dir)"))
-		return "", false
-	}
-	name, err := pki.OperatorFromCertificate(r.TLS.VerifiedChains[0][0], h.srv.TrustDomain())
-	if err != nil {
-		h.fail(w, r, corr, api.Errorf(api.CodeForbidden, "client certificate is not an operator certificate: %v", err))
-		return "", false
-	}
-	return name, true
-}
-
-func (h *handler) preregister(w http.ResponseWriter, r *http.Request) {
-	corr := correlationID(r)
-	op, ok := h.operator(w, r, corr)
-	if !ok {
-		return
-	}
-	var req api.PreregisterRequest
-	if ct := r.Header.Get("Content-Type"); ct != api.ContentTypeJSON {
-		h.fail(w, r, corr, api.Errorf(api.CodeBadRequest, "Content-Type must be %s, got %q", api.ContentTypeJSON, ct))
-		return
-	}
-	if err := api.Decode(r.Body, api.MaxAdminRequestBytes, &req); err != nil {
-		h.fail(w, r, corr, err)
-		return
-	}
-	resp, err := h.srv.Preregister(r.Context(), op, &req)
-	if err != nil {
-		h.fail(w, r, corr, err)
-		return
-	}
-	writeJSON(w, corr, resp)
-}
-
-func (h *handler) devices(w http.ResponseWriter, r *http.Request) {
-	corr := correlationID(r)
-	if _, ok := h.operator(w, r, corr); !ok {
-		return
-	}
-	resp, err := h.srv.ListDevices(r.Context())
 	if err != nil {
 		h.fail(w, r, corr, err)
 		return

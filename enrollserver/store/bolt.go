@@ -24,9 +24,26 @@ var (
 	// session's TTL passes, so a repeated finish finds its result.
 	bucketCompleted = []byte("completed_sessions")
 
+	// Fleet operations (schema 2).
+	bucketAudit       = []byte("audit")
+	bucketStatusIndex = []byte("device_status") // status/id → ""
+	bucketDeviceCerts = []byte("device_certs")  // id/serial → ""
+	bucketSerials     = []byte("serials")       // serial → device id
+	bucketRevocations = []byte("revocations")   // cert serial → Revocation
+	bucketGroups      = []byte("groups")
+	bucketConfigs     = []byte("configs") // scope \x00 version(8 BE) → ConfigVersion
+	bucketImports     = []byte("imports") // id → {batch, rows: line(8 BE) → StagedRow}
+
 	keySchema     = []byte("schema")
-	schemaVersion = []byte("1")
+	keyCRLNumber  = []byte("crl_number")
+	keyConfigSeq  = []byte("config_seq")
+	schemaVersion = []byte("2")
+	schemaV1      = []byte("1")
 )
+
+// allBuckets are created on open.
+var allBuckets = [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg, bucketCompleted,
+	bucketAudit, bucketStatusIndex, bucketDeviceCerts, bucketSerials, bucketRevocations, bucketGroups, bucketConfigs, bucketImports}
 
 // Options tune the bbolt store. nil means DefaultOptions().
 type Options struct {
@@ -83,7 +100,7 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	}
 	db.MaxBatchDelay = opts.MaxBatchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg, bucketCompleted} {
+		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -91,6 +108,12 @@ func Open(path string, opts *Options) (*Bolt, error) {
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
 		case v == nil:
+			return meta.Put(keySchema, schemaVersion)
+		case bytes.Equal(v, schemaV1):
+			// Schema 1 had no indexes: build them from the records.
+			if err := migrateV1(tx); err != nil {
+				return fmt.Errorf("migrating schema 1 to 2: %w", err)
+			}
 			return meta.Put(keySchema, schemaVersion)
 		case !bytes.Equal(v, schemaVersion):
 			return fmt.Errorf("schema version %q, this build reads %q", v, schemaVersion)
@@ -138,7 +161,7 @@ func (s *Bolt) Session(ctx context.Context, id string, now time.Time) (*Session,
 }
 
 // FinishEnrollment implements Store.
-func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, error)) (*Device, error) {
+func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -171,16 +194,12 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 				return fmt.Errorf("decoding device %s: %w", sess.DeviceID, err)
 			}
 		}
-		next, err := apply(prev)
+		next, audit, err := apply(prev)
 		if err != nil {
 			return err
 		}
 		if next.ID != sess.DeviceID {
 			return fmt.Errorf("finish of session %s wrote device %s, want %s", id, next.ID, sess.DeviceID)
-		}
-		devVal, err := json.Marshal(next)
-		if err != nil {
-			return fmt.Errorf("encoding device: %w", err)
 		}
 		if err := sessions.Delete([]byte(id)); err != nil {
 			return err
@@ -192,7 +211,7 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		if err := tx.Bucket(bucketCompleted).Put([]byte(id), done); err != nil {
 			return err
 		}
-		if err := devices.Put([]byte(next.ID), devVal); err != nil {
+		if err := putDevice(tx, prev, next); err != nil {
 			return err
 		}
 		certs := tx.Bucket(bucketCerts)
@@ -201,6 +220,14 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		}
 		if err := certs.Put([]byte(cert.Serial), certVal); err != nil {
 			return err
+		}
+		if err := tx.Bucket(bucketDeviceCerts).Put(deviceCertKey(cert.DeviceID, cert.Serial), nil); err != nil {
+			return err
+		}
+		if audit != nil {
+			if err := appendAudit(tx, audit); err != nil {
+				return err
+			}
 		}
 		out = next
 		return nil
@@ -294,19 +321,24 @@ func (s *Bolt) PutPreregistrations(ctx context.Context, regs []*Preregistration)
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPrereg)
 		for i, r := range regs {
+			var prev *Preregistration
 			if old := b.Get([]byte(r.DeviceID)); old != nil {
-				var prev Preregistration
-				if err := json.Unmarshal(old, &prev); err == nil && samePrereg(&prev, r) {
+				prev = new(Preregistration)
+				if err := json.Unmarshal(old, prev); err == nil && samePrereg(prev, r) {
 					continue // re-import of the same row: no-op
 				}
 			}
-			if err := b.Put([]byte(r.DeviceID), vals[i]); err != nil {
+			if err := putPrereg(tx, prev, r, vals[i]); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 }
+
+// SamePreregistration reports whether a and b register the same serial,
+// group and labels (the time of registration aside).
+func SamePreregistration(a, b *Preregistration) bool { return samePrereg(a, b) }
 
 func samePrereg(a, b *Preregistration) bool {
 	if a.Serial != b.Serial || a.Group != b.Group || len(a.Labels) != len(b.Labels) {

@@ -21,3 +21,15 @@ var (
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("store: closed")
 )
+
+// Errors of the fleet-operation methods.
+var (
+	// ErrPendingFull: PutPending found the pending list at its cap.
+	ErrPendingFull = errors.New("store: pending device list is full")
+	// ErrTooManyImports: CreateImport found MaxOpen imports staged.
+	ErrTooManyImports = errors.New("store: too many open imports")
+	// ErrImportExpired: the staged import's TTL has passed.
+	ErrImportExpired = errors.New("store: import expired")
+	// ErrImportTooLarge: staging more rows would exceed the import's cap.
+	ErrImportTooLarge = errors.New("store: import too large")
+)

@@ -15,10 +15,12 @@ type Store interface {
 	Session(ctx context.Context, id string, now time.Time) (*Session, error)
 	// FinishEnrollment consumes session id and records the outcome in one
 	// transaction: the session is deleted (single use), the device record
-	// becomes apply(previous record or nil), and cert is recorded. It
-	// returns ErrSessionUsed if the session does not exist and
-	// ErrSessionExpired if it expired at now; then nothing is written.
-	FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, error)) (*Device, error)
+	// becomes apply(previous record or nil), cert is recorded and the
+	// audit record apply returns (if any) is appended. It returns
+	// ErrSessionUsed if the session does not exist and ErrSessionExpired
+	// if it expired at now; an error from apply is returned as is. Then
+	// nothing is written.
+	FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error)
 	// CompletedSession returns the device ID of a session that
 	// FinishEnrollment consumed, until the session's TTL passes, or
 	// ErrNotFound.
@@ -45,6 +47,8 @@ type Store interface {
 	// fn returns false.
 	Preregistrations(ctx context.Context, fn func(*Preregistration) bool) error
 
+	FleetStore
+
 	// Close releases the store.
 	Close() error
 }
@@ -60,6 +64,9 @@ const (
 	// AdmissionPreregistered: the EK hash was pre-registered by the
 	// factory line.
 	AdmissionPreregistered Admission = "preregistered"
+	// AdmissionOperator: neither, but an operator approved the device
+	// (only when the server runs open, not closed).
+	AdmissionOperator Admission = "operator"
 )
 
 // DeviceStatus is the lifecycle state of a device record.
@@ -67,8 +74,26 @@ type DeviceStatus string
 
 // Device statuses.
 const (
+	// StatusPending: the device asked to enroll and waits for an
+	// operator (its group's admission is manual, or the server is open
+	// and the device is a stranger). It has no certificate.
+	StatusPending DeviceStatus = "pending"
+	// StatusApproved: an operator approved or re-admitted the device; its
+	// next enrollment proceeds whatever its group's admission policy.
+	StatusApproved DeviceStatus = "approved"
+	// StatusEnrolled: the device holds a certificate.
 	StatusEnrolled DeviceStatus = "enrolled"
+	// StatusDenied: an operator denied the device; begin is refused.
+	StatusDenied DeviceStatus = "denied"
+	// StatusRevoked: an operator revoked the device and its
+	// certificates; begin and whoami are refused.
+	StatusRevoked DeviceStatus = "revoked"
 )
+
+// Statuses lists every device status.
+func Statuses() []DeviceStatus {
+	return []DeviceStatus{StatusPending, StatusApproved, StatusEnrolled, StatusDenied, StatusRevoked}
+}
 
 // Session is a begun enrollment awaiting finish.
 type Session struct {
@@ -83,13 +108,22 @@ type Session struct {
 	Nonce    []byte `json:"nonce"`
 	// ProofHash is SHA-256 of the expected activation proof. The secret
 	// itself is never stored.
-	ProofHash []byte     `json:"proof_hash"`
-	PCRs      []int      `json:"pcrs"`
-	Serial    string     `json:"serial,omitempty"`
-	Group     string     `json:"group,omitempty"`
-	Device    DeviceInfo `json:"device,omitzero"`
-	CreatedAt time.Time  `json:"created_at"`
-	ExpiresAt time.Time  `json:"expires_at"`
+	ProofHash []byte            `json:"proof_hash"`
+	PCRs      []int             `json:"pcrs"`
+	Serial    string            `json:"serial,omitempty"`
+	Group     string            `json:"group,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Device    DeviceInfo        `json:"device,omitzero"`
+	// EKIssuer is the subject of the verified EK certificate's issuer.
+	EKIssuer string `json:"ek_issuer,omitempty"`
+	// CertLifetime is the device certificate lifetime the group's policy
+	// chose at begin (0: the server default).
+	CertLifetime time.Duration `json:"cert_lifetime,omitempty"`
+	// Renewal is set when the device held an unexpired certificate at
+	// begin.
+	Renewal   bool      `json:"renewal,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // DeviceInfo is what a device said about itself: untrusted, informational.
@@ -106,11 +140,12 @@ type Device struct {
 	Admission Admission    `json:"admission"`
 	EKPublic  []byte       `json:"ek_public"`
 	// EKIssuer is the subject of the EK certificate's issuer, if any.
-	EKIssuer string     `json:"ek_issuer,omitempty"`
-	Serial   string     `json:"serial,omitempty"`
-	Group    string     `json:"group,omitempty"`
-	Info     DeviceInfo `json:"info,omitzero"`
-	AKPublic []byte     `json:"ak_public"`
+	EKIssuer string            `json:"ek_issuer,omitempty"`
+	Serial   string            `json:"serial,omitempty"`
+	Group    string            `json:"group,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Info     DeviceInfo        `json:"info,omitzero"`
+	AKPublic []byte            `json:"ak_public"`
 	// KeyPublic is the PKIX DER of the TPM-resident key the certificate
 	// was issued for.
 	KeyPublic []byte `json:"key_public"`
@@ -125,8 +160,18 @@ type Device struct {
 	LastSessionID    string    `json:"last_session_id"`
 	LastFinishDigest []byte    `json:"last_finish_digest"`
 	Enrollments      int       `json:"enrollments"`
+	Renewals         int       `json:"renewals,omitempty"`
 	FirstEnrolledAt  time.Time `json:"first_enrolled_at"`
 	LastEnrolledAt   time.Time `json:"last_enrolled_at"`
+
+	// PendingSince and PendingExpiresAt are set while Status is
+	// StatusPending; a pending record is purged at PendingExpiresAt.
+	PendingSince     time.Time `json:"pending_since,omitzero"`
+	PendingExpiresAt time.Time `json:"pending_expires_at,omitzero"`
+	// StatusChangedAt/By/Reason record the last operator decision.
+	StatusChangedAt time.Time `json:"status_changed_at,omitzero"`
+	StatusChangedBy string    `json:"status_changed_by,omitempty"`
+	StatusReason    string    `json:"status_reason,omitempty"`
 }
 
 // IssuedCertificate records every certificate the server issued.
@@ -136,6 +181,11 @@ type IssuedCertificate struct {
 	SessionID string    `json:"session_id"`
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
+	// Renewal: the device held an unexpired certificate when it began.
+	Renewal bool `json:"renewal,omitempty"`
+	// RevokedAt and RevocationReason are set once revoked.
+	RevokedAt        time.Time `json:"revoked_at,omitzero"`
+	RevocationReason string    `json:"revocation_reason,omitempty"`
 }
 
 // Preregistration is a device identity registered by the factory line

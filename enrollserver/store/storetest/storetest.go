@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Preregistrations", testPreregistrations},
 		{"Purge", testPurge},
 	}
+	tests = append(tests, fleetTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(t)
@@ -59,8 +60,8 @@ func cert(serial, device, sess string) *store.IssuedCertificate {
 	return &store.IssuedCertificate{Serial: serial, DeviceID: device, SessionID: sess, NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}
 }
 
-func enroll(sessionID string) func(prev *store.Device) (*store.Device, error) {
-	return func(prev *store.Device) (*store.Device, error) {
+func enroll(sessionID string) func(prev *store.Device) (*store.Device, *store.AuditRecord, error) {
+	return func(prev *store.Device) (*store.Device, *store.AuditRecord, error) {
 		d := &store.Device{ID: "dev1", Status: store.StatusEnrolled, LastSessionID: sessionID, LastEnrolledAt: t0}
 		if prev != nil {
 			d.Enrollments = prev.Enrollments
@@ -69,7 +70,7 @@ func enroll(sessionID string) func(prev *store.Device) (*store.Device, error) {
 			d.FirstEnrolledAt = t0
 		}
 		d.Enrollments++
-		return d, nil
+		return d, &store.AuditRecord{Time: t0, ActorKind: "device", ActorName: "dev1", Action: "certificate.issue", Target: "dev1", Outcome: "success"}, nil
 	}
 }
 
@@ -166,7 +167,7 @@ func testFinishApplyError(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	boom := errors.New("boom")
-	_, err := s.FinishEnrollment(ctx, "s1", t0, cert("c1", "dev1", "s1"), func(*store.Device) (*store.Device, error) { return nil, boom })
+	_, err := s.FinishEnrollment(ctx, "s1", t0, cert("c1", "dev1", "s1"), func(*store.Device) (*store.Device, *store.AuditRecord, error) { return nil, nil, boom })
 	if !errors.Is(err, boom) {
 		t.Fatalf("got %v, want apply's error", err)
 	}

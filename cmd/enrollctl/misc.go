@@ -1,0 +1,582 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
+)
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show enrolld's health and record counts",
+		Example: `  enrollctl status
+  enrollctl status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st api.StatusResponse
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminStatus, nil, nil, &st); err != nil {
+				return err
+			}
+			return render(g, cmd.OutOrStdout(), st, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "Server:\t%s (enrolld %s, trust domain %s)\n", g.server, st.Version, st.TrustDomain)
+				fmt.Fprintf(tw, "Ready:\t%v\n", st.Ready)
+				fmt.Fprintf(tw, "Closed mode:\t%v\n", st.ClosedMode)
+				fmt.Fprintf(tw, "You are:\t%s\n", st.Operator)
+				statuses := make([]string, 0, len(st.Devices))
+				for _, s := range api.DeviceStatuses() {
+					statuses = append(statuses, fmt.Sprintf("%s %d", s, st.Devices[s]))
+				}
+				fmt.Fprintf(tw, "Devices:\t%s\n", strings.Join(statuses, ", "))
+				fmt.Fprintf(tw, "Pending cap:\t%d\n", st.MaxPending)
+				fmt.Fprintf(tw, "Pre-registered:\t%d\n", st.Preregistered)
+				fmt.Fprintf(tw, "Certificates:\t%d issued, %d revoked\n", st.Certificates, st.Revoked)
+				fmt.Fprintf(tw, "CRL:\tnumber %d, next update %s\n", st.CRLNumber, ts(st.CRLNextUpdate))
+				fmt.Fprintf(tw, "Audit records:\t%d\n", st.AuditRecords)
+			})
+		},
+	}
+}
+
+func groupsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "groups", Short: "Device groups: admission policy, certificate lifetime"}
+	printGroups := func(cmd *cobra.Command, v any, gs []api.Group, def string) error {
+		return render(g, cmd.OutOrStdout(), v, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "GROUP\tADMISSION\tCERT LIFETIME\tCONFIG\tDEFINED\tDESCRIPTION")
+			for _, gr := range gs {
+				life := "default"
+				if gr.CertLifetimeSeconds > 0 {
+					life = (time.Duration(gr.CertLifetimeSeconds) * time.Second).String()
+				}
+				name := gr.Name
+				if name == def {
+					name += " (default)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%v\t%s\n", name, gr.Admission, life, gr.ConfigVersion, gr.Defined, dash(gr.Description))
+			}
+		})
+	}
+	listC := &cobra.Command{
+		Use:     "list",
+		Short:   "List groups",
+		Example: `  enrollctl groups list`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var l api.GroupList
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminGroups, nil, nil, &l); err != nil {
+				return err
+			}
+			return printGroups(cmd, l, l.Groups, l.DefaultGroup)
+		},
+	}
+	getC := &cobra.Command{
+		Use:     "get GROUP",
+		Short:   "Show a group (a group without a record shows the server's defaults)",
+		Example: `  enrollctl groups get line-a`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var gr api.Group
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminGroups+"/"+url.PathEscape(args[0]), nil, nil, &gr); err != nil {
+				return err
+			}
+			return printGroups(cmd, gr, []api.Group{gr}, "")
+		},
+	}
+	var admission, description string
+	var lifetime time.Duration
+	setC := &cobra.Command{
+		Use:   "set GROUP --admission auto|manual|deny",
+		Short: "Create or change a group's policy",
+		Example: `  enrollctl groups set line-a --admission manual --cert-lifetime 12h --description "Line A, first batch"
+  enrollctl groups set quarantine --admission deny`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec := api.GroupSpec{Admission: admission, CertLifetimeSeconds: int64(lifetime / time.Second), Description: description}
+			if err := spec.Validate(); err != nil {
+				return usageErr(err)
+			}
+			if err := api.ValidateGroupName(args[0]); err != nil {
+				return usageErr(err)
+			}
+			var gr api.Group
+			if err := g.call(cmd.Context(), http.MethodPut, api.PathAdminGroups+"/"+args[0], nil, &spec, &gr); err != nil {
+				return err
+			}
+			return printGroups(cmd, gr, []api.Group{gr}, "")
+		},
+	}
+	setC.Flags().StringVar(&admission, "admission", "", "auto (EK chain or pre-registration admits), manual (pending until approved) or deny")
+	setC.Flags().DurationVar(&lifetime, "cert-lifetime", 0, "device certificate lifetime (default: the server's)")
+	setC.Flags().StringVar(&description, "description", "", "free text")
+	setC.MarkFlagRequired("admission")
+	cmd.AddCommand(listC, getC, setC)
+	return cmd
+}
+
+// scopeFlags are --group/--device of the config commands.
+type scopeFlags struct{ group, device string }
+
+func (s *scopeFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&s.group, "group", "", "the group's config (a template: ${device_id}, ${serial}, ${group}, ${label:KEY})")
+	cmd.Flags().StringVar(&s.device, "device", "", "one device's config (overrides its group's)")
+	cmd.MarkFlagsOneRequired("group", "device")
+	cmd.MarkFlagsMutuallyExclusive("group", "device")
+}
+
+func (s *scopeFlags) scope() (api.ConfigScope, error) {
+	sc := api.ConfigScope{Group: s.group, DeviceID: s.device}
+	if err := sc.Validate(); err != nil {
+		return sc, usageErr(err)
+	}
+	return sc, nil
+}
+
+func (s *scopeFlags) query() url.Values {
+	q := url.Values{}
+	setIf(q, "group", s.group)
+	setIf(q, "device", s.device)
+	return q
+}
+
+func configCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Versioned config bundles per group or device: set, show, history, rollback"}
+	printVersion := func(cmd *cobra.Command, cv *api.ConfigVersion) error {
+		return render(g, cmd.OutOrStdout(), cv, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "Scope:\t%s\nVersion:\t%d\nCreated:\t%s by %s\nComment:\t%s\n", cv.Scope, cv.Version, ts(cv.CreatedAt), cv.CreatedBy, dash(cv.Comment))
+			if cv.RolledBackFrom != 0 {
+				fmt.Fprintf(tw, "Rolled back from:\t%d\n", cv.RolledBackFrom)
+			}
+			var buf bytes.Buffer
+			if json.Indent(&buf, cv.Config, "", "  ") == nil {
+				fmt.Fprintf(tw, "Config:\n%s\n", buf.String())
+			}
+		})
+	}
+	var setScope scopeFlags
+	var comment string
+	setC := &cobra.Command{
+		Use:   "set (--group G | --device ID) FILE",
+		Short: "Create a new config version from a JSON object file ('-' reads stdin)",
+		Example: `  enrollctl config set --group line-a line-a.json --comment "new NTP servers"
+  enrollctl config set --device 3f2a...e1 override.json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sc, err := setScope.scope()
+			if err != nil {
+				return err
+			}
+			var b []byte
+			if args[0] == "-" {
+				b, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), api.MaxConfigBytes+1))
+			} else {
+				b, err = os.ReadFile(args[0])
+			}
+			if err != nil {
+				return usageErr(err)
+			}
+			req := api.ConfigSetRequest{ConfigScope: sc, Config: bytes.TrimSpace(b), Comment: comment}
+			if err := req.Validate(); err != nil {
+				return &exitError{code: exitInvalid, err: fmt.Errorf("%s: %w", args[0], err)}
+			}
+			var cv api.ConfigVersion
+			if err := g.call(cmd.Context(), http.MethodPost, api.PathAdminConfig, nil, &req, &cv); err != nil {
+				return err
+			}
+			return printVersion(cmd, &cv)
+		},
+	}
+	setScope.register(setC)
+	setC.Flags().StringVar(&comment, "comment", "", "what changed, for the history and audit log")
+
+	var showScope scopeFlags
+	var version uint64
+	showC := &cobra.Command{
+		Use:     "show (--group G | --device ID) [--version N]",
+		Short:   "Show the latest (or a given) config version",
+		Example: `  enrollctl config show --group line-a -o json`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := showScope.scope(); err != nil {
+				return err
+			}
+			q := showScope.query()
+			if version > 0 {
+				q.Set("version", strconv.FormatUint(version, 10))
+			}
+			var cv api.ConfigVersion
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminConfig, q, nil, &cv); err != nil {
+				return err
+			}
+			return printVersion(cmd, &cv)
+		},
+	}
+	showScope.register(showC)
+	showC.Flags().Uint64Var(&version, "version", 0, "version to show (default: latest)")
+
+	var histScope scopeFlags
+	histC := &cobra.Command{
+		Use:     "history (--group G | --device ID)",
+		Short:   "List a scope's config versions, newest first",
+		Example: `  enrollctl config history --group line-a`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := histScope.scope(); err != nil {
+				return err
+			}
+			var h api.ConfigHistory
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminConfigHist, histScope.query(), nil, &h); err != nil {
+				return err
+			}
+			return render(g, cmd.OutOrStdout(), h, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "VERSION\tCREATED\tBY\tROLLED BACK FROM\tCOMMENT")
+				for _, v := range h.Versions {
+					from := "-"
+					if v.RolledBackFrom != 0 {
+						from = strconv.FormatUint(v.RolledBackFrom, 10)
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", v.Version, ts(v.CreatedAt), v.CreatedBy, from, dash(v.Comment))
+				}
+			})
+		},
+	}
+	histScope.register(histC)
+
+	var rbScope scopeFlags
+	var to uint64
+	rbC := &cobra.Command{
+		Use:     "rollback (--group G | --device ID) --to N",
+		Short:   "Restore version N's content as a new, higher version (versions never go down)",
+		Example: `  enrollctl config rollback --group line-a --to 4 --comment "NTP change broke sites"`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sc, err := rbScope.scope()
+			if err != nil {
+				return err
+			}
+			req := api.ConfigRollbackRequest{ConfigScope: sc, ToVersion: to, Comment: comment}
+			if err := req.Validate(); err != nil {
+				return usageErr(err)
+			}
+			var cv api.ConfigVersion
+			if err := g.call(cmd.Context(), http.MethodPost, api.PathAdminConfigRoll, nil, &req, &cv); err != nil {
+				return err
+			}
+			return printVersion(cmd, &cv)
+		},
+	}
+	rbScope.register(rbC)
+	rbC.Flags().Uint64Var(&to, "to", 0, "the version whose content to restore")
+	rbC.Flags().StringVar(&comment, "comment", "", "why, for the history and audit log")
+	rbC.MarkFlagRequired("to")
+	cmd.AddCommand(setC, showC, histC, rbC)
+	return cmd
+}
+
+func certsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "certs", Short: "Issued device certificates"}
+	var device string
+	var revoked bool
+	var limit int
+	listC := &cobra.Command{
+		Use:   "list",
+		Short: "List issued certificates",
+		Example: `  enrollctl certs list --device 3f2a...e1
+  enrollctl certs list --revoked -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			setIf(q, "device", device)
+			if revoked {
+				q.Set("revoked", "true")
+			}
+			pages, err := list(cmd.Context(), g, api.PathAdminCertificates, q, limit,
+				func(p *api.CertificateList) int { return len(p.Certificates) }, func(p *api.CertificateList) string { return p.NextPageToken })
+			if err != nil {
+				return err
+			}
+			all := api.CertificateList{Certificates: []api.CertificateInfo{}}
+			for _, p := range pages {
+				all.Certificates = append(all.Certificates, p.Certificates...)
+			}
+			return render(g, cmd.OutOrStdout(), all, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "SERIAL\tDEVICE ID\tNOT BEFORE\tNOT AFTER\tRENEWAL\tREVOKED\tREASON")
+				for _, c := range all.Certificates {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", c.Serial, c.DeviceID, ts(c.NotBefore), ts(c.NotAfter), c.Renewal, ts(c.RevokedAt), dash(c.RevocationReason))
+				}
+			})
+		},
+	}
+	listC.Flags().StringVar(&device, "device", "", "only this device's certificates")
+	listC.Flags().BoolVar(&revoked, "revoked", false, "only revoked certificates")
+	listC.Flags().IntVar(&limit, "limit", 0, "list at most this many (default: all)")
+	cmd.AddCommand(listC)
+	return cmd
+}
+
+func auditCmd(g *globals) *cobra.Command {
+	var since, actor, action, target string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Read the append-only audit log: who did what, when, before and after",
+		Example: `  enrollctl audit --since 24h
+  enrollctl audit --action device. --target 3f2a...e1
+  enrollctl audit --actor operator/alice -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if since != "" {
+				t, err := parseSince(since)
+				if err != nil {
+					return usageErr(err)
+				}
+				q.Set("since", t.UTC().Format(time.RFC3339))
+			}
+			setIf(q, "actor", actor)
+			setIf(q, "action", action)
+			setIf(q, "target", target)
+			pages, err := list(cmd.Context(), g, api.PathAdminAudit, q, limit,
+				func(p *api.AuditList) int { return len(p.Records) }, func(p *api.AuditList) string { return p.NextPageToken })
+			if err != nil {
+				return err
+			}
+			all := api.AuditList{Records: []api.AuditRecord{}}
+			for _, p := range pages {
+				all.Records = append(all.Records, p.Records...)
+			}
+			return render(g, cmd.OutOrStdout(), all, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tTARGET\tOUTCOME\tDETAIL")
+				for _, r := range all.Records {
+					detail := r.Message
+					if r.Code != "" {
+						detail = string(r.Code) + ": " + detail
+					} else if len(r.After) > 0 && detail == "" {
+						detail = string(r.After)
+					}
+					if len(detail) > 120 {
+						detail = detail[:117] + "..."
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, ts(r.Time), r.Actor, r.Action, dash(r.Target), r.Outcome, dash(detail))
+				}
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&since, "since", "", "only records since a time (RFC 3339) or a duration ago (24h)")
+	fl.StringVar(&actor, "actor", "", "only this actor: a name, role/name, or a kind (anonymous, device, system)")
+	fl.StringVar(&action, "action", "", "only this action (device.revoke); a prefix ending in '.' matches all (device.)")
+	fl.StringVar(&target, "target", "", "only this target (a device ID, group/NAME, ...)")
+	fl.IntVar(&limit, "limit", 0, "read at most this many (default: all)")
+	return cmd
+}
+
+func parseSince(s string) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--since %q is neither an RFC 3339 time nor a duration such as 24h", s)
+	}
+	return t, nil
+}
+
+func operatorsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "operators", Short: "Operator credentials (admin only)"}
+	var role, name, out string
+	var lifetime time.Duration
+	issueC := &cobra.Command{
+		Use:   "issue --role ROLE --name NAME --out DIR",
+		Short: "Issue an operator credential into DIR (the key is made here and never sent)",
+		Example: `  enrollctl operators issue --role viewer --name bob --out ./bob
+  enrollctl operators issue --role factory --name line-a-station-3 --out /etc/enrollctl/station-3 --lifetime 168h
+  ENROLLCTL_ADMIN_DIR=./bob enrollctl devices list`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if entries, err := os.ReadDir(out); err == nil && len(entries) > 0 {
+				return usageErr(fmt.Errorf("--out %s is not empty: choose a new directory", out))
+			} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return usageErr(err)
+			}
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				return err
+			}
+			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+			if err != nil {
+				return err
+			}
+			req := api.OperatorIssueRequest{Name: name, Role: role, CSR: csr, LifetimeSeconds: int64(lifetime / time.Second)}
+			if err := req.Validate(); err != nil {
+				return usageErr(err)
+			}
+			var resp api.OperatorIssueResponse
+			if err := g.call(cmd.Context(), http.MethodPost, api.PathAdminOperators, nil, &req, &resp); err != nil {
+				return err
+			}
+			keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(out, 0o700); err != nil {
+				return err
+			}
+			var chain []byte
+			for _, der := range resp.CertificateChain {
+				chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+			}
+			for _, f := range []struct {
+				name string
+				data []byte
+				mode os.FileMode
+			}{
+				{"operator.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+				{"operator.crt", chain, 0o644},
+				{"ca.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: resp.RootCertificate}), 0o644},
+			} {
+				if err := atomicfile.Write(filepath.Join(out, f.name), f.data, f.mode); err != nil {
+					return err
+				}
+			}
+			view := struct {
+				api.OperatorIssueResponse
+				Dir string `json:"dir"`
+			}{resp, out}
+			view.CertificateChain, view.RootCertificate = nil, nil
+			return render(g, cmd.OutOrStdout(), view, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "issued %s (certificate %s, expires %s) into %s\n", resp.Operator, resp.Serial, ts(resp.NotAfter), out)
+				fmt.Fprintf(tw, "use it with --admin-dir %s or ENROLLCTL_ADMIN_DIR=%s\n", out, out)
+			})
+		},
+	}
+	fl := issueC.Flags()
+	fl.StringVar(&role, "role", "", "admin, operator, factory or viewer")
+	fl.StringVar(&name, "name", "", "operator name: lowercase letters, digits, '.', '-', '_'")
+	fl.StringVar(&out, "out", "", "directory to create for ca.crt, operator.crt and operator.key (0600)")
+	fl.DurationVar(&lifetime, "lifetime", 0, "certificate lifetime (default 720h, at most 720h)")
+	for _, f := range []string{"role", "name", "out"} {
+		issueC.MarkFlagRequired(f)
+	}
+	cmd.AddCommand(issueC)
+	return cmd
+}
+
+func crlCmd(g *globals) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "crl",
+		Short: "Fetch and verify the revocation list enrolld publishes at " + api.PathCRL,
+		Example: `  enrollctl crl
+  enrollctl crl --out crl.der`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := g.httpClient()
+			if err != nil {
+				return err
+			}
+			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, g.server+api.PathCRL, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return &exitError{code: exitUnavailable, err: err}
+			}
+			defer resp.Body.Close()
+			der, err := io.ReadAll(io.LimitReader(resp.Body, api.MaxAdminResponseBytes))
+			if err != nil || resp.StatusCode != http.StatusOK {
+				return &exitError{code: exitUnavailable, err: fmt.Errorf("GET %s: HTTP %d %v", api.PathCRL, resp.StatusCode, err)}
+			}
+			crl, err := x509.ParseRevocationList(der)
+			if err != nil {
+				return err
+			}
+			if err := verifyCRL(g, crl); err != nil {
+				return err
+			}
+			if out != "" {
+				if err := atomicfile.Write(out, der, 0o644); err != nil {
+					return err
+				}
+			}
+			type entry struct {
+				Serial     string    `json:"serial"`
+				RevokedAt  time.Time `json:"revoked_at"`
+				ReasonCode int       `json:"reason_code"`
+			}
+			view := struct {
+				Issuer     string    `json:"issuer"`
+				Number     string    `json:"number"`
+				ThisUpdate time.Time `json:"this_update"`
+				NextUpdate time.Time `json:"next_update"`
+				Revoked    []entry   `json:"revoked"`
+			}{Issuer: crl.Issuer.String(), Number: crl.Number.String(), ThisUpdate: crl.ThisUpdate, NextUpdate: crl.NextUpdate, Revoked: []entry{}}
+			for _, e := range crl.RevokedCertificateEntries {
+				view.Revoked = append(view.Revoked, entry{Serial: e.SerialNumber.Text(16), RevokedAt: e.RevocationTime, ReasonCode: e.ReasonCode})
+			}
+			sort.Slice(view.Revoked, func(i, j int) bool { return view.Revoked[i].Serial < view.Revoked[j].Serial })
+			return render(g, cmd.OutOrStdout(), view, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "Issuer:\t%s\nNumber:\t%s\nThis update:\t%s\nNext update:\t%s\n\nSERIAL\tREVOKED\tREASON CODE\n", view.Issuer, view.Number, ts(view.ThisUpdate), ts(view.NextUpdate))
+				for _, e := range view.Revoked {
+					fmt.Fprintf(tw, "%s\t%s\t%d\n", e.Serial, ts(e.RevokedAt), e.ReasonCode)
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "also write the DER CRL to this file")
+	return cmd
+}
+
+// verifyCRL checks the CRL is signed by the intermediate that signed our
+// operator certificate, and that the intermediate chains to ca.crt.
+func verifyCRL(g *globals, crl *x509.RevocationList) error {
+	chainPEM, err := os.ReadFile(filepath.Join(g.adminDir, "operator.crt"))
+	if err != nil {
+		return err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(g.adminDir, "ca.crt"))
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	for rest := chainPEM; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil || !c.IsCA {
+			continue
+		}
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			continue
+		}
+		if crl.CheckSignatureFrom(c) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("the CRL is not signed by this server's CA")
+}

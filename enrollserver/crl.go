@@ -1,0 +1,92 @@
+package enrollserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/pki"
+)
+
+// crlState holds the newest signed CRL.
+type crlState struct {
+	mu   sync.Mutex // serialises RefreshCRL
+	cur  *signedCRL
+	curM sync.RWMutex
+}
+
+type signedCRL struct {
+	der        []byte
+	number     uint64
+	thisUpdate time.Time
+	nextUpdate time.Time
+}
+
+func (c *crlState) current() *signedCRL {
+	c.curM.RLock()
+	defer c.curM.RUnlock()
+	return c.cur
+}
+
+// RefreshCRL signs a new CRL of every revoked certificate not yet expired,
+// with the next CRL number, and hands it to Config.OnCRL. The daemon calls
+// it at start and every CRLLifetime/4; revocations call it at once.
+func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
+	s.crl.mu.Lock()
+	defer s.crl.mu.Unlock()
+	now := s.cfg.Now()
+	var revoked []pki.RevokedCertificate
+	var bad error
+	if err := s.cfg.Store.Revocations(ctx, func(r *store.Revocation) bool {
+		if r.NotAfter.Before(now) {
+			return true // expired certificates need no CRL entry
+		}
+		n, ok := new(big.Int).SetString(r.Serial, 16)
+		if !ok {
+			bad = fmt.Errorf("revocation of serial %q: not hex", r.Serial)
+			return false
+		}
+		revoked = append(revoked, pki.RevokedCertificate{Serial: n, RevokedAt: r.RevokedAt, ReasonCode: r.ReasonCode})
+		return true
+	}); err != nil {
+		return nil, fmt.Errorf("reading revocations: %w", err)
+	}
+	if bad != nil {
+		return nil, bad
+	}
+	number, err := s.cfg.Store.NextCRLNumber(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("numbering crl: %w", err)
+	}
+	c := &signedCRL{number: number, thisUpdate: now, nextUpdate: now.Add(s.cfg.CRLLifetime)}
+	if c.der, err = s.cfg.CA.SignCRL(pki.CRLRequest{Number: number, ThisUpdate: now, NextUpdate: c.nextUpdate, Revoked: revoked}); err != nil {
+		return nil, err
+	}
+	s.crl.curM.Lock()
+	s.crl.cur = c
+	s.crl.curM.Unlock()
+	s.metrics.crlEntries.Set(float64(len(revoked)))
+	if s.cfg.OnCRL != nil {
+		if err := s.cfg.OnCRL(c.der); err != nil {
+			s.log.LogAttrs(ctx, slog.LevelError, "publishing crl", slog.String("err", err.Error()))
+		}
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "crl signed", slog.Uint64("crl_number", number), slog.Int("entries", len(revoked)), slog.Time("next_update", c.nextUpdate))
+	return c.der, nil
+}
+
+// CRL returns the current DER revocation list, signing one if there is
+// none yet or the current one is past half its lifetime.
+func (s *Server) CRL(ctx context.Context) ([]byte, error) {
+	if c := s.crl.current(); c != nil && s.cfg.Now().Before(c.thisUpdate.Add(s.cfg.CRLLifetime/2)) {
+		return c.der, nil
+	}
+	return s.RefreshCRL(ctx)
+}
+
+// CRLRefreshInterval is how often the daemon should call RefreshCRL.
+func (s *Server) CRLRefreshInterval() time.Duration { return s.cfg.CRLLifetime / 4 }

@@ -1,0 +1,256 @@
+package enrollserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/attest"
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+)
+
+// admit decides whether a device may enroll now and records why in sess.
+// The checks run in a fixed order:
+//
+//  1. trust in the EK: a certificate chaining to a manufacturer root, or a
+//     factory pre-registration of the EK hash (a certificate for another
+//     key is a forgery and refused outright);
+//  2. the device's record: revoked and denied devices are refused until an
+//     operator re-admits them;
+//  3. strangers (neither 1 nor an operator's approval): refused in closed
+//     mode, leaving no record; pending in open mode;
+//  4. the group's admission policy: auto admits, deny refuses, manual
+//     records the device as pending until an operator approves it.
+func (s *Server) admit(ctx context.Context, sess *store.Session, req *api.BeginRequest, ekPub any, now time.Time, renewal *bool) error {
+	// 1. Trust in the EK.
+	var certErr error
+	trustedEK := false
+	if len(req.EKCertificate) > 0 {
+		if s.cfg.ManufacturerRoots == nil {
+			certErr = errors.New("no manufacturer roots are configured")
+		} else {
+			var info *attest.EKCertificateInfo
+			info, certErr = attest.VerifyEKCertificate(req.EKCertificate, ekPub, s.cfg.ManufacturerRoots, s.cfg.ManufacturerIntermediates, now)
+			if certErr == nil && info != nil && info.Certificate != nil {
+				sess.EKIssuer = info.Certificate.Issuer.String()
+			}
+		}
+		// A certificate for another key is a forgery, not an unknown
+		// vendor: no pre-registration excuses it.
+		var ve *attest.VerificationError
+		if errors.As(certErr, &ve) && ve.Reason == attest.ReasonEKMismatch {
+			s.auditDeviceRefusal(ctx, sess, "device.begin", api.CodeEKUntrusted, certErr.Error())
+			return s.refuse(certErr)
+		}
+		trustedEK = certErr == nil
+	}
+	reg, err := s.cfg.Store.Preregistration(ctx, sess.DeviceID)
+	if errors.Is(err, store.ErrNotFound) {
+		reg = nil
+	} else if err != nil {
+		return fmt.Errorf("reading pre-registration: %w", err)
+	}
+	switch {
+	case trustedEK:
+		sess.Admission = store.AdmissionEKCertificate
+	case reg != nil:
+		sess.Admission = store.AdmissionPreregistered
+	}
+
+	// 2. The device's record.
+	rec, err := s.cfg.Store.Device(ctx, sess.DeviceID)
+	if errors.Is(err, store.ErrNotFound) {
+		rec = nil
+	} else if err != nil {
+		return fmt.Errorf("reading device: %w", err)
+	}
+	if rec != nil && len(rec.EKPublic) > 0 && !bytes.Equal(rec.EKPublic, sess.EKPublic) {
+		// Unreachable while IDs are SHA-256 of the EK: kept as the
+		// invariant that a record never changes TPM.
+		return api.Errorf(api.CodeConflict, "device %s is recorded with another EK", sess.DeviceID)
+	}
+	// A begin while holding an unexpired certificate is a renewal, whatever
+	// the verdict (a revoked device's renewal is refused below).
+	*renewal = rec != nil && rec.CertSerial != "" && rec.CertNotAfter.After(now)
+	sess.Renewal = *renewal
+	if rec != nil && (rec.Status == store.StatusRevoked || rec.Status == store.StatusDenied) {
+		err := api.Errorf(statusCode(rec.Status), "device %s was %s by %s at %s (%s); an operator must re-admit it with `enrollctl devices readmit %s`",
+			sess.DeviceID, rec.Status, orUnknown(rec.StatusChangedBy), rec.StatusChangedAt.UTC().Format(time.RFC3339), orUnknown(rec.StatusReason), sess.DeviceID)
+		s.auditDeviceRefusal(ctx, sess, "device.begin", err.Code, err.Message)
+		return err
+	}
+	approved := rec != nil && (rec.Status == store.StatusApproved || rec.Status == store.StatusEnrolled)
+
+	// Factory data and group.
+	sess.Group = s.cfg.DefaultGroup
+	if reg != nil {
+		sess.Serial, sess.Labels = reg.Serial, reg.Labels
+		if reg.Group != "" {
+			sess.Group = reg.Group
+		}
+	} else if rec != nil {
+		sess.Serial, sess.Labels = rec.Serial, rec.Labels
+		if rec.Group != "" {
+			sess.Group = rec.Group
+		}
+	}
+	policy, lifetime, err := s.groupPolicy(ctx, sess.Group)
+	if err != nil {
+		return err
+	}
+	sess.CertLifetime = lifetime
+
+	// 3. Strangers.
+	if sess.Admission == "" {
+		if approved && rec.Admission == store.AdmissionOperator {
+			sess.Admission = store.AdmissionOperator
+		} else if !s.cfg.OpenMode {
+			if certErr != nil {
+				return s.refuse(certErr)
+			}
+			return api.Errorf(api.CodeNotRegistered, "device %s has no trusted EK certificate and was not pre-registered: register it with `enrollctl preregister --ek-hash %s` or `enrollctl import`", sess.DeviceID, sess.DeviceID)
+		} else {
+			if policy == api.AdmissionDeny {
+				return api.Errorf(api.CodeDenied, "group %s admits no devices (admission deny)", sess.Group)
+			}
+			// Open mode: an operator decides about the stranger.
+			sess.Admission = store.AdmissionOperator
+			if !approved {
+				return s.pend(ctx, sess, now)
+			}
+		}
+	}
+
+	// 4. The group's policy.
+	switch policy {
+	case api.AdmissionDeny:
+		err := api.Errorf(api.CodeDenied, "group %s admits no devices (admission deny); move the device to another group or change the group's policy", sess.Group)
+		s.auditDeviceRefusal(ctx, sess, "device.begin", err.Code, err.Message)
+		return err
+	case api.AdmissionManual:
+		if !approved {
+			return s.pend(ctx, sess, now)
+		}
+	}
+	return nil
+}
+
+// pend records the device as pending (once; later begins refresh its
+// expiry) and tells it to come back after PendingRetryAfter.
+func (s *Server) pend(ctx context.Context, sess *store.Session, now time.Time) error {
+	d := &store.Device{
+		ID: sess.DeviceID, Status: store.StatusPending, Admission: sess.Admission,
+		EKPublic: sess.EKPublic, EKIssuer: sess.EKIssuer, Serial: sess.Serial, Group: sess.Group, Labels: sess.Labels,
+		Info: sess.Device, PendingSince: now, PendingExpiresAt: now.Add(s.cfg.PendingTTL),
+	}
+	rec := &store.AuditRecord{Time: now, ActorKind: "device", ActorName: sess.DeviceID, Action: "device.pending",
+		Target: sess.DeviceID, Outcome: "success", After: mustJSON(deviceView(d)), CorrelationID: sess.CorrelationID}
+	_, err := s.cfg.Store.PutPending(ctx, d, s.cfg.MaxPending, rec)
+	retry := int(s.cfg.PendingRetryAfter / time.Second)
+	switch {
+	case errors.Is(err, store.ErrPendingFull):
+		s.log.LogAttrs(ctx, slog.LevelWarn, "pending list full", slog.String("correlation_id", sess.CorrelationID), slog.String("device_id", sess.DeviceID), slog.Int("max_pending", s.cfg.MaxPending))
+		return &api.Error{Code: api.CodeBusy, Message: fmt.Sprintf("the pending list is full (%d devices); retry later", s.cfg.MaxPending), RetryAfterSeconds: retry}
+	case errors.Is(err, store.ErrExists):
+		// An operator decided between our read and this write: retry.
+		return &api.Error{Code: api.CodeUnavailable, Message: "device status changed during begin; retry", RetryAfterSeconds: 1}
+	case err != nil:
+		return fmt.Errorf("recording pending device: %w", err)
+	}
+	return &api.Error{Code: api.CodePendingApproval,
+		Message:           fmt.Sprintf("device %s in group %s waits for an operator: `enrollctl devices approve %s`", sess.DeviceID, sess.Group, sess.DeviceID),
+		RetryAfterSeconds: retry}
+}
+
+// groupPolicy returns a group's admission policy and certificate lifetime
+// (0: the server default), from its record or the server's defaults.
+func (s *Server) groupPolicy(ctx context.Context, name string) (string, time.Duration, error) {
+	g, err := s.cfg.Store.Group(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return s.cfg.DefaultAdmission, 0, nil
+	case err != nil:
+		return "", 0, fmt.Errorf("reading group %s: %w", name, err)
+	}
+	return g.Admission, g.CertLifetime, nil
+}
+
+// finishAllowed re-checks, inside the enrollment transaction, that no
+// operator revoked or denied the device since begin.
+func finishAllowed(prev *store.Device, sess *store.Session) error {
+	if prev == nil {
+		return nil
+	}
+	if len(prev.EKPublic) > 0 && !bytes.Equal(prev.EKPublic, sess.EKPublic) {
+		return api.Errorf(api.CodeConflict, "device %s is recorded with another EK", prev.ID)
+	}
+	switch prev.Status {
+	case store.StatusRevoked, store.StatusDenied:
+		return api.Errorf(statusCode(prev.Status), "device %s was %s during enrollment: %s", prev.ID, prev.Status, orUnknown(prev.StatusReason))
+	case store.StatusPending:
+		return api.Errorf(api.CodePendingApproval, "device %s waits for an operator", prev.ID)
+	}
+	return nil
+}
+
+// issueAudit is the audit record of an issued device certificate.
+func issueAudit(now time.Time, sess *store.Session, prev, next *store.Device) *store.AuditRecord {
+	var before json.RawMessage
+	if prev != nil {
+		before = mustJSON(deviceView(prev))
+	}
+	action := "certificate.issue"
+	if sess.Renewal {
+		action = "certificate.renew"
+	}
+	return &store.AuditRecord{Time: now, ActorKind: "device", ActorName: sess.DeviceID, Action: action,
+		Target: sess.DeviceID, Outcome: "success", Before: before,
+		After: mustJSON(map[string]any{"status": next.Status, "cert_serial": next.CertSerial, "cert_not_after": next.CertNotAfter,
+			"bundle_version": next.BundleVersion, "group": next.Group, "admission": next.Admission}),
+		CorrelationID: sess.CorrelationID}
+}
+
+func statusCode(st store.DeviceStatus) api.Code {
+	if st == store.StatusRevoked {
+		return api.CodeRevoked
+	}
+	return api.CodeDenied
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "no reason given"
+	}
+	return s
+}
+
+// deviceView is the part of a device record an audit record shows.
+func deviceView(d *store.Device) map[string]any {
+	v := map[string]any{"status": d.Status, "group": d.Group, "admission": d.Admission}
+	if d.Serial != "" {
+		v["serial"] = d.Serial
+	}
+	if len(d.Labels) > 0 {
+		v["labels"] = d.Labels
+	}
+	if d.CertSerial != "" {
+		v["cert_serial"] = d.CertSerial
+	}
+	if d.StatusReason != "" {
+		v["reason"] = d.StatusReason
+	}
+	return v
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return json.RawMessage(fmt.Sprintf(`{"error":%q}`, err.Error()))
+	}
+	return b
+}
