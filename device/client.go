@@ -32,11 +32,17 @@ func (e *TransientError) Unwrap() error { return e.Err }
 // could help (network, 5xx, 429, pending approval).
 type Transport interface {
 	Begin(ctx context.Context, correlationID string, req *api.BeginRequest) (*api.BeginResponse, error)
-	Finish(ctx context.Context, correlationID string, req *api.FinishRequest) (*api.FinishResponse, error)
+	// Finish sends the answer. A transport whose answers pass through a
+	// third party (MQTT) opens the sealed reply with sealKey, which derives
+	// the session's key from the activation secret in the TPM.
+	Finish(ctx context.Context, correlationID string, req *api.FinishRequest, sealKey SealKeyFunc) (*api.FinishResponse, error)
 	// Whoami calls the server authenticated by the device certificate.
 	Whoami(ctx context.Context, correlationID string) (*api.WhoamiResponse, error)
 	Close() error
 }
+
+// SealKeyFunc returns the sealing key of the session being finished.
+type SealKeyFunc func() ([]byte, error)
 
 // CertificateSource gives a transport the device's current mTLS
 // certificate, whose key is in the TPM.
@@ -65,7 +71,8 @@ func (t *httpsTransport) Begin(ctx context.Context, corr string, req *api.BeginR
 	return &resp, t.plain.do(ctx, http.MethodPost, api.PathBegin, corr, req, &resp)
 }
 
-func (t *httpsTransport) Finish(ctx context.Context, corr string, req *api.FinishRequest) (*api.FinishResponse, error) {
+// Finish needs no sealing: TLS already ends at the server.
+func (t *httpsTransport) Finish(ctx context.Context, corr string, req *api.FinishRequest, _ SealKeyFunc) (*api.FinishResponse, error) {
 	var resp api.FinishResponse
 	return &resp, t.plain.do(ctx, http.MethodPost, api.PathFinish, corr, req, &resp)
 }

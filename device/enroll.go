@@ -21,6 +21,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/device/cache"
 	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 	"github.com/edgeenroll/edgeenroll/pki"
+	"github.com/edgeenroll/edgeenroll/sealing"
 )
 
 // Result is a completed enrollment, as stored in the cache.
@@ -108,14 +109,18 @@ func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
 
 	// Activate, quote and sign the CSR in the TPM, once per session: a
 	// retry resends the same answer.
-	var finish api.FinishRequest
+	var (
+		finish  api.FinishRequest
+		sealKey []byte // known once the TPM activated the credential
+	)
 	if len(pending.Finish) > 0 {
 		if err := json.Unmarshal(pending.Finish, &finish); err != nil {
 			a.cache.ClearPendingSession()
 			return nil, fmt.Errorf("cached answer: %w", err)
 		}
 	} else {
-		f, err := a.answer(&br)
+		f, key, err := a.answer(&br)
+		sealKey = key
 		if err != nil {
 			// A challenge this TPM cannot answer will not improve on
 			// retry of the same session.
@@ -131,7 +136,12 @@ func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
 	}
 
 	fr, err := withTimeout(ctx, a.cfg.RequestTimeout, func(ctx context.Context) (*api.FinishResponse, error) {
-		return a.server.Finish(ctx, corr, &finish)
+		return a.server.Finish(ctx, corr, &finish, func() ([]byte, error) {
+			if sealKey != nil {
+				return sealKey, nil
+			}
+			return a.sessionSealKey(&br) // a resumed session: activate again
+		})
 	})
 	if err != nil {
 		// Keep the session for a resend only when the answer may not
@@ -214,13 +224,21 @@ func withTimeout[T any](ctx context.Context, d time.Duration, fn func(context.Co
 	return fn(ctx)
 }
 
-// answer runs the TPM half of the protocol.
-func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
+// sessionSealKey recovers the session's activation secret in the TPM again
+// and derives its sealing key.
+func (a *Agent) sessionSealKey(br *api.BeginResponse) ([]byte, error) {
 	a.tpmMu.Lock()
 	defer a.tpmMu.Unlock()
-	if len(br.PCRs) == 0 || len(br.PCRs) > api.MaxPCRs {
-		return nil, fmt.Errorf("server asked for %d PCRs", len(br.PCRs))
+	secret, err := a.activate(br)
+	if err != nil {
+		return nil, err
 	}
+	return sealing.Key(secret, br.SessionID)
+}
+
+// activate runs TPM2_ActivateCredential on the server's challenge. Callers
+// hold tpmMu.
+func (a *Agent) activate(br *api.BeginResponse) ([]byte, error) {
 	secret, err := a.ak.ActivateCredential(a.tpm, goattest.EncryptedCredential{
 		Credential: br.Challenge.Credential,
 		Secret:     br.Challenge.Secret,
@@ -228,13 +246,32 @@ func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("activating credential: %w", err)
 	}
+	return secret, nil
+}
+
+// answer runs the TPM half of the protocol. It also returns the session's
+// sealing key for transports that need it.
+func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, []byte, error) {
+	a.tpmMu.Lock()
+	defer a.tpmMu.Unlock()
+	if len(br.PCRs) == 0 || len(br.PCRs) > api.MaxPCRs {
+		return nil, nil, fmt.Errorf("server asked for %d PCRs", len(br.PCRs))
+	}
+	secret, err := a.activate(br)
+	if err != nil {
+		return nil, nil, err
+	}
+	sealKey, err := sealing.Key(secret, br.SessionID)
+	if err != nil {
+		return nil, nil, err
+	}
 	quote, err := a.ak.QuotePCRs(a.tpm, br.Nonce, goattest.HashSHA256, br.PCRs)
 	if err != nil {
-		return nil, fmt.Errorf("quoting PCRs %v: %w", br.PCRs, err)
+		return nil, nil, fmt.Errorf("quoting PCRs %v: %w", br.PCRs, err)
 	}
 	all, err := a.tpm.PCRs(goattest.HashSHA256)
 	if err != nil {
-		return nil, fmt.Errorf("reading PCRs: %w", err)
+		return nil, nil, fmt.Errorf("reading PCRs: %w", err)
 	}
 	var pcrs []api.PCR
 	for _, p := range all {
@@ -244,20 +281,20 @@ func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
 	}
 	signer, err := a.keySigner()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 		Subject: pkix.Name{CommonName: a.deviceID},
 	}, lockedSigner{signer: signer}) // tpmMu is held here already
 	if err != nil {
-		return nil, fmt.Errorf("signing CSR with the TPM key: %w", err)
+		return nil, nil, fmt.Errorf("signing CSR with the TPM key: %w", err)
 	}
 	eventLog, err := a.channel.MeasurementLog()
 	if err != nil {
-		return nil, fmt.Errorf("reading the firmware event log: %w", err)
+		return nil, nil, fmt.Errorf("reading the firmware event log: %w", err)
 	}
 	if len(eventLog) > api.MaxEventLogBytes {
-		return nil, fmt.Errorf("firmware event log is %d bytes, the protocol carries at most %d", len(eventLog), api.MaxEventLogBytes)
+		return nil, nil, fmt.Errorf("firmware event log is %d bytes, the protocol carries at most %d", len(eventLog), api.MaxEventLogBytes)
 	}
 	cp := a.key.CertificationParameters()
 	return &api.FinishRequest{
@@ -272,7 +309,7 @@ func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, error) {
 			CreateSignature:   cp.CreateSignature,
 		},
 		CSR: csr,
-	}, nil
+	}, sealKey, nil
 }
 
 // verifyFinish checks the certificate chain and bundle the server sent.

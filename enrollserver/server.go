@@ -23,6 +23,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/attest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
+	"github.com/edgeenroll/edgeenroll/sealing"
 )
 
 // DefaultPCRs are the SHA-256 PCRs every enrollment quotes: the firmware
@@ -117,6 +118,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	seal    *sealKeys
 	finish  singleflight.Group
 	crl     crlState
 	refusal *tokenBucket
@@ -220,7 +222,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m,
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, seal: newSealKeys(),
 		refusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now)}
 	if err := m.registerStoreGauges(cfg.Registerer, cfg.Store); err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
@@ -293,6 +295,12 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 	proof := api.ActivationProof(secret, sess.ID)
 	proofHash := sha256.Sum256(proof)
 	sess.ProofHash = proofHash[:]
+	// The key that seals this session's answer through a broker (MQTT)
+	// stays in memory only.
+	sealKey, err := sealing.Key(secret, sess.ID)
+	if err != nil {
+		return nil, err
+	}
 	sess.AKPublic = req.AK.Public
 	sess.PCRs = slices.Clone(s.cfg.PCRs)
 	sess.CreatedAt = now
@@ -300,6 +308,7 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 	if err := s.cfg.Store.CreateSession(ctx, sess); err != nil {
 		return nil, fmt.Errorf("storing session: %w", err)
 	}
+	s.seal.put(sess.ID, sealKey, sess.ExpiresAt, now)
 	s.log.LogAttrs(ctx, slog.LevelInfo, "enrollment begun", slog.String("correlation_id", corr),
 		slog.String("device_id", deviceID), slog.String("session_id", sess.ID), slog.String("admission", string(sess.Admission)))
 	return &api.BeginResponse{

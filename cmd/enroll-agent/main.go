@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -76,7 +77,7 @@ type agentFlags struct {
 
 func (f *agentFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.server, "server", "https://localhost:8443", "enrollment server base URL")
+	fl.StringVar(&f.server, "server", "https://localhost:8443", "enrollment server: https://HOST:PORT, or mqtts://HOST:PORT for its MQTT broker")
 	fl.StringVar(&f.rootCA, "root-ca", "", "enrollment root CA certificate (PEM) installed on the device (required)")
 	fl.StringVar(&f.tpm, "tpm", tpmdev.DefaultDevice, "TPM to use: a device path, swtpm:HOST:PORT, or simulator:DIR in builds with -tags simulator")
 	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/enroll-agent", "agent state directory (cache, certificate, config, status); created 0700")
@@ -134,7 +135,7 @@ func enrollCmd() *cobra.Command {
 			fmt.Fprintf(out, "  certificate: %s (serial %s, expires %s; key is in the TPM)\n", certPath, res.Leaf.SerialNumber.Text(16), res.Leaf.NotAfter.UTC().Format(time.RFC3339))
 			fmt.Fprintf(out, "  config:      %s (bundle version %d, signature verified)\n", configPath, e.BundleVersion)
 			fmt.Fprintf(out, "  cache:       %s\n", cachePath(f.dataDir))
-			fmt.Fprintf(out, "mTLS call to %s/v1/whoami succeeded: server sees device %s, certificate %s\n", f.server, who.DeviceID, who.Serial)
+			fmt.Fprintf(out, "mTLS call to %s (whoami) succeeded: server sees device %s, certificate %s\n", f.server, who.DeviceID, who.Serial)
 			return nil
 		},
 	}
@@ -233,6 +234,11 @@ func openAgent(ctx context.Context, f *agentFlags, cfg func(*device.Config)) (*d
 		Hostname:       host,
 		RequestTimeout: f.requestTimeout,
 		Logger:         slog.New(slog.NewJSONHandler(os.Stderr, nil)),
+	}
+	if strings.HasPrefix(f.server, "mqtts://") {
+		c.Transport = func(certs device.CertificateSource) (device.Transport, error) {
+			return device.NewMQTTTransport(f.server, roots, certs)
+		}
 	}
 	if cfg != nil {
 		cfg(&c)

@@ -48,6 +48,7 @@ func serveCmd() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&cfg.DataDir, "data-dir", "enrolld-data", "state directory: CA keys (0600), store; created 0700")
 	fl.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "HTTPS listen address")
+	fl.StringVar(&cfg.MQTTListen, "mqtt-listen", "", "run the embedded MQTT broker (TLS) on this address, e.g. 127.0.0.1:8883; devices use --server mqtts://HOST:PORT")
 	fl.StringSliceVar(&cfg.Hostnames, "hostname", nil, "DNS names or IPs for the server certificate (default localhost, 127.0.0.1, ::1)")
 	fl.StringSliceVar(&cfg.ManufacturerRoots, "manufacturer-roots", nil, "PEM files of TPM manufacturer EK roots to trust (repeatable); without any, only pre-registered devices enroll")
 	fl.StringVar(&cfg.TrustDomain, "trust-domain", pki.DefaultOptions().TrustDomain, "trust domain in device certificate URI SANs")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
+	"github.com/edgeenroll/edgeenroll/enrollserver/mqttapi"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 	"github.com/edgeenroll/edgeenroll/pki"
@@ -45,6 +46,8 @@ type Config struct {
 	DataDir string
 	// Listen is the HTTPS address.
 	Listen string
+	// MQTTListen, if set, runs the embedded MQTT broker (TLS) there.
+	MQTTListen string
 	// Hostnames go into the server certificate (DNS names or IPs).
 	Hostnames []string
 	// ManufacturerRoots are PEM files of TPM vendor EK roots.
@@ -174,7 +177,17 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("enrolld serving", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "root_ca", RootCertPath(cfg.DataDir),
+	mqttAddr := ""
+	if cfg.MQTTListen != "" {
+		broker, err := mqttapi.New(srv, mqttapi.Options{Listen: cfg.MQTTListen, TLS: tlsCfg, Logger: log})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer broker.Close()
+		mqttAddr = broker.Addr()
+	}
+	log.Info("enrolld serving", "addr", ln.Addr().String(), "mqtt_addr", mqttAddr, "data_dir", cfg.DataDir, "root_ca", RootCertPath(cfg.DataDir),
 		"trust_domain", ca.TrustDomain(), "manufacturer_roots", len(cfg.ManufacturerRoots), "closed_mode", !cfg.OpenMode,
 		"crl", CRLPath(cfg.DataDir))
 	if cfg.Ready != nil {

@@ -1,0 +1,153 @@
+package api
+
+import (
+	"fmt"
+	"strings"
+)
+
+// MQTT transport. Each client has a request topic it may publish to and a
+// response topic it may subscribe to, nothing else:
+//
+//	enroll/v1/<client>/req    device → server
+//	enroll/v1/<client>/resp   server → device
+//
+// <client> is the MQTT client ID. A device with a certificate connects with
+// its device ID, which the broker checks against the certificate; a device
+// without one (first contact) connects with a bootstrap ID "boot-<random>"
+// and may only begin and finish enrollment. Finish answers are sealed to
+// the device (package sealing), so the broker cannot read or alter them.
+const (
+	MQTTTopicRoot = "enroll/v1/"
+	// BootstrapClientPrefix starts every first-contact client ID; it can
+	// never collide with a device ID (64 hex characters).
+	BootstrapClientPrefix = "boot-"
+	// MaxMQTTMessageBytes bounds one MQTT payload either way.
+	MaxMQTTMessageBytes = MaxFinishRequestBytes + 4<<10
+)
+
+// MQTT operations.
+const (
+	OpBegin  = "begin"
+	OpFinish = "finish"
+	OpWhoami = "whoami"
+)
+
+// RequestTopic is the topic a client publishes requests to.
+func RequestTopic(client string) string { return MQTTTopicRoot + client + "/req" }
+
+// ResponseTopic is the topic a client receives answers on.
+func ResponseTopic(client string) string { return MQTTTopicRoot + client + "/resp" }
+
+// ClientOfTopic returns the client ID of an enroll/v1/<client>/<kind>
+// topic and its kind ("req" or "resp").
+func ClientOfTopic(topic string) (client, kind string, ok bool) {
+	rest, ok := strings.CutPrefix(topic, MQTTTopicRoot)
+	if !ok {
+		return "", "", false
+	}
+	client, kind, ok = strings.Cut(rest, "/")
+	if !ok || strings.Contains(kind, "/") || (kind != "req" && kind != "resp") || !ValidMQTTClientID(client) {
+		return "", "", false
+	}
+	return client, kind, true
+}
+
+// ValidMQTTClientID accepts a device ID or a bootstrap ID: "boot-" then 16
+// to 64 characters of [a-z0-9].
+func ValidMQTTClientID(id string) bool {
+	if ValidDeviceID(id) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(id, BootstrapClientPrefix)
+	if !ok || len(rest) < 16 || len(rest) > 64 {
+		return false
+	}
+	for _, c := range rest {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// MQTTRequest is one request over MQTT. ID is unique per client: a
+// redelivered request (QoS 1) carries the same ID and gets the same answer.
+type MQTTRequest struct {
+	ID            string         `json:"id"`
+	Op            string         `json:"op"`
+	CorrelationID string         `json:"correlation_id,omitempty"`
+	Begin         *BeginRequest  `json:"begin,omitempty"`
+	Finish        *FinishRequest `json:"finish,omitempty"`
+}
+
+// Validate checks the envelope and its body.
+func (r *MQTTRequest) Validate() error {
+	if !validMessageID(r.ID) {
+		return Errorf(CodeBadRequest, "id must be 8 to 64 characters of [A-Za-z0-9_-]")
+	}
+	if r.CorrelationID != "" && !ValidCorrelationID(r.CorrelationID) {
+		return Errorf(CodeBadRequest, "correlation_id must be 1 to %d characters of [A-Za-z0-9._-]", MaxCorrelationIDLen)
+	}
+	switch r.Op {
+	case OpBegin:
+		if r.Begin == nil || r.Finish != nil {
+			return Errorf(CodeBadRequest, "op begin carries exactly a begin body")
+		}
+		return r.Begin.Validate()
+	case OpFinish:
+		if r.Finish == nil || r.Begin != nil {
+			return Errorf(CodeBadRequest, "op finish carries exactly a finish body")
+		}
+		return r.Finish.Validate()
+	case OpWhoami:
+		if r.Begin != nil || r.Finish != nil {
+			return Errorf(CodeBadRequest, "op whoami carries no body")
+		}
+		return nil
+	default:
+		return Errorf(CodeBadRequest, "op must be %s, %s or %s, got %q", OpBegin, OpFinish, OpWhoami, r.Op)
+	}
+}
+
+// MQTTResponse answers an MQTTRequest of the same ID.
+type MQTTResponse struct {
+	ID    string         `json:"id"`
+	Op    string         `json:"op"`
+	Error *Error         `json:"error,omitempty"`
+	Begin *BeginResponse `json:"begin,omitempty"`
+	// Sealed is the FinishResponse (JSON) sealed with the session's key:
+	// sealing.Open(key, session ID, response ID, Sealed).
+	Sealed []byte          `json:"sealed,omitempty"`
+	Whoami *WhoamiResponse `json:"whoami,omitempty"`
+}
+
+// Validate checks the envelope of an answer.
+func (r *MQTTResponse) Validate() error {
+	if !validMessageID(r.ID) {
+		return fmt.Errorf("response id %q is malformed", r.ID)
+	}
+	n := 0
+	for _, set := range []bool{r.Error != nil, r.Begin != nil, len(r.Sealed) > 0, r.Whoami != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("response must carry exactly one of error, begin, sealed, whoami; has %d", n)
+	}
+	return nil
+}
+
+func validMessageID(id string) bool {
+	if len(id) < 8 || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
