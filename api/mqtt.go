@@ -6,18 +6,24 @@ import (
 )
 
 // MQTT transport. Each client has a request topic it may publish to and a
-// response topic it may subscribe to, nothing else:
+// response topic it may subscribe to, nothing else. Certified devices and
+// first-contact clients live in separate subtrees, so a broker ACL can keep
+// a client without a certificate out of every device's topics whatever
+// client ID it claims:
 //
-//	enroll/v1/<client>/req    device → server
-//	enroll/v1/<client>/resp   server → device
+//	enroll/v1/dev/<device ID>/req|resp    a device with its certificate
+//	enroll/v1/boot/<client ID>/req|resp   first contact, no certificate
 //
-// <client> is the MQTT client ID. A device with a certificate connects with
-// its device ID, which the broker checks against the certificate; a device
-// without one (first contact) connects with a bootstrap ID "boot-<random>"
-// and may only begin and finish enrollment. Finish answers are sealed to
-// the device (package sealing), so the broker cannot read or alter them.
+// A device with a certificate connects with its device ID (the broker
+// checks it against the certificate). A device without one connects with a
+// bootstrap ID "boot-<random>" and may only begin and finish enrollment.
+// Finish answers are sealed to the device (package sealing), so the broker
+// cannot read or alter them.
 const (
 	MQTTTopicRoot = "enroll/v1/"
+	// MQTTDeviceRoot and MQTTBootstrapRoot are the two subtrees.
+	MQTTDeviceRoot    = MQTTTopicRoot + "dev/"
+	MQTTBootstrapRoot = MQTTTopicRoot + "boot/"
 	// BootstrapClientPrefix starts every first-contact client ID; it can
 	// never collide with a device ID (64 hex characters).
 	BootstrapClientPrefix = "boot-"
@@ -33,23 +39,35 @@ const (
 )
 
 // RequestTopic is the topic a client publishes requests to.
-func RequestTopic(client string) string { return MQTTTopicRoot + client + "/req" }
+func RequestTopic(client string) string { return clientRoot(client) + client + "/req" }
 
 // ResponseTopic is the topic a client receives answers on.
-func ResponseTopic(client string) string { return MQTTTopicRoot + client + "/resp" }
+func ResponseTopic(client string) string { return clientRoot(client) + client + "/resp" }
 
-// ClientOfTopic returns the client ID of an enroll/v1/<client>/<kind>
-// topic and its kind ("req" or "resp").
+func clientRoot(client string) string {
+	if ValidDeviceID(client) {
+		return MQTTDeviceRoot
+	}
+	return MQTTBootstrapRoot
+}
+
+// ClientOfTopic returns the client ID of a request or response topic and
+// its kind ("req" or "resp"). A device ID in the bootstrap subtree, or a
+// bootstrap ID in the device subtree, is not a valid topic.
 func ClientOfTopic(topic string) (client, kind string, ok bool) {
 	rest, ok := strings.CutPrefix(topic, MQTTTopicRoot)
 	if !ok {
 		return "", "", false
 	}
+	subtree, rest, _ := strings.Cut(rest, "/")
 	client, kind, ok = strings.Cut(rest, "/")
-	if !ok || strings.Contains(kind, "/") || (kind != "req" && kind != "resp") || !ValidMQTTClientID(client) {
+	switch {
+	case !ok, kind != "req" && kind != "resp", !ValidMQTTClientID(client):
 		return "", "", false
+	case subtree == "dev" && ValidDeviceID(client), subtree == "boot" && !ValidDeviceID(client):
+		return client, kind, true
 	}
-	return client, kind, true
+	return "", "", false
 }
 
 // ValidMQTTClientID accepts a device ID or a bootstrap ID: "boot-" then 16

@@ -181,9 +181,17 @@ func (a *Agent) loadEK() error {
 	if a.ek != nil {
 		return nil
 	}
-	eks, err := a.tpm.EKs()
-	if err != nil {
-		return fmt.Errorf("reading endorsement keys: %w", err)
+	// EKs() only knows the RSA EK (NV 0x01c00002, handle 0x81010001): on a
+	// TPM whose certificate is for its ECC P-256 EK (NV 0x01c0000a, handle
+	// 0x81010002) it returns an RSA EK without a certificate.
+	// EKCertificates() returns every EK that has a certificate, RSA first,
+	// so an RSA device keeps its device ID; EKs() stays the fallback.
+	eks, certErr := a.tpm.EKCertificates()
+	if certErr != nil || len(eks) == 0 {
+		var err error
+		if eks, err = a.tpm.EKs(); err != nil {
+			return fmt.Errorf("reading endorsement keys: %w", errors.Join(err, certErr))
+		}
 	}
 	if len(eks) == 0 {
 		return errors.New("the TPM reports no endorsement key")

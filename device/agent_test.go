@@ -3,10 +3,12 @@ package device_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -339,5 +341,41 @@ func TestFailedRenewalKeepsOldState(t *testing.T) {
 	}
 	if st := a.CachedState(time.Now()); !st.Ready {
 		t.Errorf("not ready after a refused renewal: %s", st.Reason)
+	}
+}
+
+// TestEnrollWithECCEK: a TPM certified for its ECC P-256 EK only (no RSA
+// EK certificate) enrolls with that EK, and its device ID is the ECC EK's.
+func TestEnrollWithECCEK(t *testing.T) {
+	mfr, err := tpmsim.NewManufacturer("ecc vendor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "tpm")
+	sim, err := tpmsim.OpenState(dir) // a fresh TPM, no RSA EK certificate
+	if err != nil {
+		t.Fatalf("the TPM simulator is required (cgo): %v", err)
+	}
+	ekPub, _, err := tpmsim.ManufactureECCEK(sim, mfr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := newCA(t)
+	s := newServer(t, ca, nil, mfr, 1, nil)
+	a, err := device.New(context.Background(), device.Config{
+		ServerURL: s.url, Roots: ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
+		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	res, err := a.Enroll(context.Background(), once)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(ekPub)
+	if want := fmt.Sprintf("%x", sha256.Sum256(der)); res.DeviceID != want {
+		t.Errorf("device ID %s, want the ECC EK's %s", res.DeviceID, want)
 	}
 }

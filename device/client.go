@@ -137,7 +137,9 @@ func (c *httpClient) do(ctx context.Context, method, path, correlationID string,
 	}
 	hresp, err := c.client.Do(hreq)
 	if err != nil {
-		if ctx.Err() != nil {
+		// A request that ran out of its own time is worth another try;
+		// the caller stops retrying when its own context ends.
+		if errors.Is(ctx.Err(), context.Canceled) {
 			return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
 		}
 		return &TransientError{Err: fmt.Errorf("%s %s: %w", method, path, err)}

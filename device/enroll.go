@@ -239,10 +239,12 @@ func (a *Agent) sessionSealKey(br *api.BeginResponse) ([]byte, error) {
 // activate runs TPM2_ActivateCredential on the server's challenge. Callers
 // hold tpmMu.
 func (a *Agent) activate(br *api.BeginResponse) ([]byte, error) {
-	secret, err := a.ak.ActivateCredential(a.tpm, goattest.EncryptedCredential{
+	// WithEK: the EK loadEK chose, RSA or ECC; ActivateCredential alone
+	// always uses the RSA EK handle.
+	secret, err := a.ak.ActivateCredentialWithEK(a.tpm, goattest.EncryptedCredential{
 		Credential: br.Challenge.Credential,
 		Secret:     br.Challenge.Secret,
-	})
+	}, *a.ek)
 	if err != nil {
 		return nil, fmt.Errorf("activating credential: %w", err)
 	}

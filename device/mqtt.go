@@ -23,36 +23,53 @@ import (
 // mqttConnectTimeout bounds connecting to the broker.
 const mqttConnectTimeout = 10 * time.Second
 
-// NewMQTTTransport speaks the protocol over an MQTT broker at brokerURL
-// (mqtts://host:port), trusting only roots for the broker's TLS
-// certificate. With a valid device certificate from certs it connects as
-// the device (client ID = device ID, the certificate's key in the TPM);
-// without one it connects under a random bootstrap ID that may only begin
-// and finish enrollment. Finish answers arrive sealed and are opened with
-// the session's key.
-func NewMQTTTransport(brokerURL string, roots *x509.CertPool, certs CertificateSource) (Transport, error) {
-	u, err := url.Parse(brokerURL)
-	if err != nil || u.Scheme != "mqtts" || u.Host == "" || u.Path != "" {
-		return nil, fmt.Errorf("MQTT broker URL %q: want mqtts://host:port", brokerURL)
-	}
-	host, _, err := net.SplitHostPort(u.Host)
+// NewMQTTTransport speaks the protocol over an MQTT broker, trusting only
+// roots for the broker's TLS certificate. Without a valid device
+// certificate it connects to bootstrapURL (mqtts://host:port) under a
+// random bootstrap ID that may only begin and finish enrollment; with one,
+// it connects to deviceURL as the device (client ID = device ID, the
+// certificate's key in the TPM). The embedded broker serves both on one
+// port (deviceURL = bootstrapURL); mosquitto needs two listeners. Finish
+// answers arrive sealed and are opened with the session's key.
+func NewMQTTTransport(bootstrapURL, deviceURL string, roots *x509.CertPool, certs CertificateSource) (Transport, error) {
+	boot, bootHost, err := brokerAddr(bootstrapURL)
 	if err != nil {
-		return nil, fmt.Errorf("MQTT broker URL %q: %w", brokerURL, err)
+		return nil, err
+	}
+	if deviceURL == "" {
+		deviceURL = bootstrapURL
+	}
+	dev, devHost, err := brokerAddr(deviceURL)
+	if err != nil {
+		return nil, err
 	}
 	var b [16]byte
 	rand.Read(b[:])
 	return &mqttTransport{
-		broker: "tls://" + u.Host, host: host, roots: roots, certs: certs,
+		bootBroker: boot, bootHost: bootHost, devBroker: dev, devHost: devHost, roots: roots, certs: certs,
 		bootID:  api.BootstrapClientPrefix + hex.EncodeToString(b[:]),
 		pending: map[string]chan *api.MQTTResponse{},
 	}, nil
 }
 
+func brokerAddr(raw string) (broker, host string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "mqtts" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return "", "", fmt.Errorf("MQTT broker URL %q: want mqtts://host:port", raw)
+	}
+	host, _, err = net.SplitHostPort(u.Host)
+	if err != nil {
+		return "", "", fmt.Errorf("MQTT broker URL %q: %w", raw, err)
+	}
+	return "tls://" + u.Host, host, nil
+}
+
 type mqttTransport struct {
-	broker, host string
-	roots        *x509.CertPool
-	certs        CertificateSource
-	bootID       string
+	bootBroker, bootHost string
+	devBroker, devHost   string
+	roots                *x509.CertPool
+	certs                CertificateSource
+	bootID               string
 
 	mu       sync.Mutex // guards the fields below
 	client   paho.Client
@@ -183,12 +200,15 @@ func (t *mqttTransport) connect(ctx context.Context) (paho.Client, string, error
 		t.client.Disconnect(0)
 		t.client = nil
 	}
-	tlsCfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS13}
+	broker, host := t.bootBroker, t.bootHost
+	tlsCfg := &tls.Config{RootCAs: t.roots, MinVersion: tls.VersionTLS12}
 	if cert != nil {
+		broker, host = t.devBroker, t.devHost
 		tlsCfg.Certificates = []tls.Certificate{*cert}
 	}
+	tlsCfg.ServerName = host
 	opts := paho.NewClientOptions().
-		AddBroker(t.broker).
+		AddBroker(broker).
 		SetClientID(id).
 		SetTLSConfig(tlsCfg).
 		SetCleanSession(true).
@@ -198,7 +218,7 @@ func (t *mqttTransport) connect(ctx context.Context) (paho.Client, string, error
 		SetOrderMatters(false)
 	client := paho.NewClient(opts)
 	if err := waitToken(ctx, client.Connect()); err != nil {
-		return nil, "", fmt.Errorf("mqtt: connecting to %s as %s: %w", t.broker, id, err)
+		return nil, "", fmt.Errorf("mqtt: connecting to %s as %s: %w", broker, id, err)
 	}
 	if err := waitToken(ctx, client.Subscribe(api.ResponseTopic(id), 1, t.onResponse)); err != nil {
 		client.Disconnect(0)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for edgeenroll's demo and tests:
-# libssl-dev (the cgo TPM simulator links libcrypto) and swtpm (a separate
-# software TPM process the end-to-end tests drive). Go and gcc are expected.
+# libssl-dev (the cgo TPM simulator links libcrypto), swtpm (a separate
+# software TPM process the end-to-end tests drive) and mosquitto (an external
+# MQTT broker for the MQTT tests). Go and gcc are expected.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ need=()
 command -v swtpm >/dev/null || need+=(swtpm)
 command -v swtpm_setup >/dev/null || need+=(swtpm-tools)
 command -v gcc >/dev/null || need+=(gcc)
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""

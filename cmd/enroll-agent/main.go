@@ -73,6 +73,9 @@ type agentFlags struct {
 	timeout        time.Duration
 	requestTimeout time.Duration
 	attempts       int
+	// mqttDeviceServer is the broker listener for certified devices when
+	// it differs from --server (mosquitto: a mutual-TLS listener).
+	mqttDeviceServer string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -85,6 +88,7 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.trustDomain, "trust-domain", pki.DefaultTrustDomain, "server trust domain expected in the device certificate")
 	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "overall time limit (one-shot commands)")
 	fl.DurationVar(&f.requestTimeout, "request-timeout", 30*time.Second, "time limit of each request to the server")
+	fl.StringVar(&f.mqttDeviceServer, "mqtt-device-server", "", "with an mqtts:// --server: the broker's mutual-TLS listener for certified devices (default: --server)")
 	fl.IntVar(&f.attempts, "attempts", device.DefaultRetryPolicy.Attempts, "attempts on transient failures (network, 5xx, 429, pending approval)")
 }
 
@@ -237,7 +241,7 @@ func openAgent(ctx context.Context, f *agentFlags, cfg func(*device.Config)) (*d
 	}
 	if strings.HasPrefix(f.server, "mqtts://") {
 		c.Transport = func(certs device.CertificateSource) (device.Transport, error) {
-			return device.NewMQTTTransport(f.server, roots, certs)
+			return device.NewMQTTTransport(f.server, f.mqttDeviceServer, roots, certs)
 		}
 	}
 	if cfg != nil {

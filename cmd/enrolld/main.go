@@ -5,10 +5,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,7 +24,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "enrolld", Short: "TPM-attested enrollment server", SilenceUsage: true}
-	root.AddCommand(serveCmd())
+	root.AddCommand(serveCmd(), brokerCertCmd())
 	root.SetContext(ctx)
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
@@ -48,6 +50,8 @@ func serveCmd() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&cfg.DataDir, "data-dir", "enrolld-data", "state directory: CA keys (0600), store; created 0700")
 	fl.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "HTTPS listen address")
+	fl.StringVar(&cfg.MQTTBroker, "mqtt-broker", "", "serve enrollment through an external MQTT broker: mqtts://HOST:PORT of its mutual-TLS listener (see deploy/mosquitto)")
+	fl.StringVar(&cfg.MQTTBrokerCA, "mqtt-broker-ca", "", "PEM CA of the external broker's certificate (default: the enrollment root)")
 	fl.StringVar(&cfg.MQTTListen, "mqtt-listen", "", "run the embedded MQTT broker (TLS) on this address, e.g. 127.0.0.1:8883; devices use --server mqtts://HOST:PORT")
 	fl.StringSliceVar(&cfg.Hostnames, "hostname", nil, "DNS names or IPs for the server certificate (default localhost, 127.0.0.1, ::1)")
 	fl.StringSliceVar(&cfg.ManufacturerRoots, "manufacturer-roots", nil, "PEM files of TPM manufacturer EK roots to trust (repeatable); without any, only pre-registered devices enroll")
@@ -63,7 +67,36 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&cfg.PendingTTL, "pending-ttl", api.DefaultPendingTTL, "how long a pending device waits for an operator before its record expires")
 	fl.DurationVar(&cfg.PendingRetryAfter, "pending-retry-after", api.DefaultPendingRetryAfter, "Retry-After given to a pending device")
 	fl.DurationVar(&cfg.CRLLifetime, "crl-lifetime", enrollserver.DefaultCRLLifetime, "nextUpdate - thisUpdate of the CRL (GET /v1/crl, <data-dir>/crl.der); re-signed every quarter of it and at every revocation")
+	fl.IntSliceVar(&cfg.PCRs, "pcrs", enrollserver.DefaultPCRs, "SHA-256 PCRs every enrollment quotes; must include the firmware PCRs 0-7, and every PCR devices' event logs measure (a group's --require-pcrs are added)")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.PreRun = func(*cobra.Command, []string) { cfg.OpenMode = !*closed }
+	return cmd
+}
+
+func brokerCertCmd() *cobra.Command {
+	var dataDir, out string
+	var hosts []string
+	var lifetime time.Duration
+	cmd := &cobra.Command{
+		Use:   "broker-cert",
+		Short: "Issue a TLS server certificate for an external MQTT broker (mosquitto) from the enrollment CA",
+		Example: `  enrolld broker-cert --data-dir /var/lib/enrolld --host mqtt.example.com --out /etc/mosquitto/edgeenroll
+  # then see deploy/mosquitto/mosquitto.conf`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(hosts) == 0 || out == "" {
+				return fmt.Errorf("--host and --out are required")
+			}
+			if err := daemon.WriteBrokerCredentials(dataDir, out, hosts, lifetime); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote broker.crt, broker.key (0600) and root_ca.crt to %s\n", out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "enrolld-data", "enrolld's state directory (its CA issues the certificate)")
+	cmd.Flags().StringVar(&out, "out", "", "directory to write broker.crt, broker.key and root_ca.crt")
+	cmd.Flags().StringSliceVar(&hosts, "host", nil, "DNS names or IPs devices use to reach the broker (repeatable)")
+	cmd.Flags().DurationVar(&lifetime, "lifetime", pki.MaxLeafLifetime, "certificate lifetime (at most "+pki.MaxLeafLifetime.String()+"; re-issue before it ends)")
 	return cmd
 }

@@ -48,6 +48,12 @@ type Config struct {
 	Listen string
 	// MQTTListen, if set, runs the embedded MQTT broker (TLS) there.
 	MQTTListen string
+	// MQTTBroker, if set, serves enrollment through an external broker:
+	// mqtts://host:port of its mutual-TLS listener (deploy/mosquitto).
+	MQTTBroker string
+	// MQTTBrokerCA is a PEM file of the external broker's CA; default the
+	// enrollment root (a broker certificate from `enrolld broker-cert`).
+	MQTTBrokerCA string
 	// Hostnames go into the server certificate (DNS names or IPs).
 	Hostnames []string
 	// ManufacturerRoots are PEM files of TPM vendor EK roots.
@@ -67,7 +73,10 @@ type Config struct {
 	PendingTTL        time.Duration
 	PendingRetryAfter time.Duration
 	CRLLifetime       time.Duration
-	Logger            *slog.Logger
+	// PCRs are the SHA-256 PCRs every enrollment quotes (nil:
+	// enrollserver.DefaultPCRs); groups may require more.
+	PCRs   []int
+	Logger *slog.Logger
 	// Ready, if set, receives the bound address once serving.
 	Ready chan<- string
 }
@@ -134,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Bundles:      enrollserver.StaticBundle{Version: version, Config: bundleCfg},
 		DefaultGroup: cfg.DefaultGroup, DefaultAdmission: cfg.DefaultAdmission, OpenMode: cfg.OpenMode,
 		MaxPending: cfg.MaxPending, PendingTTL: cfg.PendingTTL, PendingRetryAfter: cfg.PendingRetryAfter,
-		CRLLifetime: cfg.CRLLifetime,
+		CRLLifetime: cfg.CRLLifetime, PCRs: cfg.PCRs,
 		OnCRL: func(der []byte) error {
 			return atomicfile.Write(CRLPath(cfg.DataDir), der, 0o644)
 		},
@@ -186,6 +195,14 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer broker.Close()
 		mqttAddr = broker.Addr()
+	}
+	if cfg.MQTTBroker != "" {
+		ext, err := connectExternalBroker(ctx, srv, ca, cfg, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer ext.Close()
 	}
 	log.Info("enrolld serving", "addr", ln.Addr().String(), "mqtt_addr", mqttAddr, "data_dir", cfg.DataDir, "root_ca", RootCertPath(cfg.DataDir),
 		"trust_domain", ca.TrustDomain(), "manufacturer_roots", len(cfg.ManufacturerRoots), "closed_mode", !cfg.OpenMode,

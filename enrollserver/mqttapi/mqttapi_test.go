@@ -85,7 +85,7 @@ func (e *env) agent(t *testing.T) *device.Agent {
 		ServerURL: e.url, Roots: e.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
 		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
 		Transport: func(certs device.CertificateSource) (device.Transport, error) {
-			return device.NewMQTTTransport(e.url, e.ca.RootPool(), certs)
+			return device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
 		},
 	})
 	if err != nil {
@@ -199,6 +199,7 @@ func TestACL(t *testing.T) {
 	a.subscribe(t, api.ResponseTopic(a.id))
 	b.subscribe(t, api.ResponseTopic(a.id)) // B eavesdrops on A's answers
 	b.subscribe(t, api.MQTTTopicRoot+"#")   // and on everything
+	b.subscribe(t, api.MQTTBootstrapRoot+"+/resp")
 
 	a.publish(t, api.RequestTopic(a.id), beginRequest("req-a-0001"))
 	if m, ok := a.next(5 * time.Second); !ok {

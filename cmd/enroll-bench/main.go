@@ -1,0 +1,242 @@
+// Command enroll-bench drives simulated devices with real TPM evidence
+// against a running enrolld and reports throughput, latency, retries,
+// refusals and the server's CPU and memory; "ceiling" measures the
+// cryptography one enrollment needs on this machine. It links the TPM
+// simulator (cgo): a benchmark tool, never shipped to devices.
+//
+// Exit codes: 0 success, 1 failure (the message says what to fix).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgeenroll/edgeenroll/loadgen"
+	"github.com/edgeenroll/edgeenroll/loadgen/ceiling"
+	"github.com/edgeenroll/edgeenroll/tpmsim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{Use: "enroll-bench", Short: "Load and crypto-ceiling benchmarks for enrolld", SilenceUsage: true}
+	root.AddCommand(runCmd(), ceilingCmd(), manufacturerCmd(), workerCmd())
+	root.SetContext(ctx)
+	if err := root.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+// output writes v as JSON or, for text, with its WriteText.
+func output(w io.Writer, format string, v interface{ WriteText(io.Writer) }) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "text":
+		v.WriteText(w)
+		return nil
+	}
+	return fmt.Errorf("-o %q: want text or json", format)
+}
+
+func runCmd() *cobra.Command {
+	var (
+		cfg         loadgen.BenchConfig
+		format      string
+		noVerify    bool
+		withCeiling bool
+		ceilingTime time.Duration
+		cpuProfile  string
+	)
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Enroll (and with --renew, re-attest) N simulated devices with concurrency C against a running enrolld",
+		Long: `run makes N device identities (ECC EK with a certificate from the manufacturer in
+--manufacturer-ca, ECDSA AK, P-256 TPM key) in W worker processes, each with a
+software TPM, before timing; then every device enrolls over HTTPS with fresh
+server nonces and real TPM answers, C at a time. It reports rates, latency
+percentiles, time to ready, retries, errors by code, and the server's CPU and
+RSS from /proc (the server is found by its loopback port, or --server-pid).
+
+Start enrolld trusting the manufacturer first:
+  enroll-bench manufacturer --dir mfr
+  enrolld serve --data-dir d --manufacturer-roots mfr/manufacturer_ca.crt &
+  enroll-bench run --server https://localhost:8443 --root-ca d/ca/root_ca.crt --manufacturer-ca mfr -n 1000`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("-o %q: want text or json", format)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.WorkerCommand = func() *exec.Cmd { return exec.Command(exe, "worker") }
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			cfg.Stderr = cmd.ErrOrStderr()
+			cfg.Run.Verify = !noVerify
+			cfg.Run.Progress = cmd.ErrOrStderr()
+			rep, err := loadgen.Bench(cmd.Context(), cfg)
+			if err != nil && rep == nil {
+				return err
+			}
+			var out interface{ WriteText(io.Writer) } = rep
+			if withCeiling {
+				c, cerr := ceiling.Measure(cmd.Context(), ceiling.Options{Duration: ceilingTime, Progress: cmd.ErrOrStderr()})
+				if cerr != nil {
+					return errors.Join(err, cerr)
+				}
+				c.Compare(rep.EnrollmentsPerSecond, rep.ServerCPUMsPerEnrollment)
+				out = &runWithCeiling{Report: rep, Ceiling: c}
+			}
+			if oerr := output(cmd.OutOrStdout(), format, out); oerr != nil {
+				return oerr
+			}
+			return err
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.ServerURL, "server", "https://localhost:8443", "enrolld base URL")
+	fl.StringVar(&cfg.RootCAFile, "root-ca", "", "enrollment root certificate (PEM), <enrolld data-dir>/ca/root_ca.crt (required)")
+	fl.StringVar(&cfg.ManufacturerDir, "manufacturer-ca", "", "test TPM manufacturer CA directory whose root enrolld trusts; created if missing (required)")
+	fl.StringVar(&cfg.IdentitiesFile, "identities", "", "keep device identities in this file between runs (skips pre-creation next time)")
+	fl.IntVarP(&cfg.Devices, "devices", "n", 100, "number of simulated devices")
+	fl.IntVarP(&cfg.Run.Concurrency, "concurrency", "c", 64, "devices in flight at once")
+	fl.IntVar(&cfg.Workers, "workers", runtime.NumCPU(), "worker processes, each with one software TPM")
+	fl.DurationVar(&cfg.Run.Ramp, "ramp", 0, "spread device starts evenly over this time (a boot storm: 10000 devices, --ramp 10s)")
+	fl.BoolVar(&cfg.Run.Renew, "renew", false, "after enrolling, have every device attest again (renewals)")
+	fl.IntVar(&cfg.Run.Retry.Attempts, "attempts", 8, "attempts per device and phase")
+	fl.DurationVar(&cfg.Run.PhaseTimeout, "timeout", 10*time.Minute, "bound on each phase")
+	fl.DurationVar(&cfg.Run.RequestTimeout, "request-timeout", 30*time.Second, "bound on each request")
+	fl.IntVar(&cfg.ServerPID, "server-pid", 0, "enrolld's process ID for CPU and RSS (default: the process listening on the loopback port; -1: none)")
+	fl.BoolVar(&noVerify, "no-verify", false, "do not verify the certificate chain and bundle each device receives (saves device-side CPU)")
+	fl.BoolVar(&withCeiling, "ceiling", false, "after the run, measure the crypto ceiling and compare")
+	fl.DurationVar(&ceilingTime, "ceiling-time", 500*time.Millisecond, "CPU time per ceiling step")
+	fl.StringVarP(&format, "output", "o", "text", "text or json")
+	fl.StringVar(&cpuProfile, "cpuprofile", "", "write the load generator's own CPU profile here (device-side cost)")
+	cmd.MarkFlagRequired("root-ca")
+	cmd.MarkFlagRequired("manufacturer-ca")
+	return cmd
+}
+
+// runWithCeiling is run's output with --ceiling.
+type runWithCeiling struct {
+	*loadgen.Report
+	Ceiling *ceiling.Result `json:"ceiling"`
+}
+
+func (r *runWithCeiling) WriteText(w io.Writer) {
+	r.Report.WriteText(w)
+	fmt.Fprintln(w)
+	r.Ceiling.WriteText(w)
+}
+
+func ceilingCmd() *cobra.Command {
+	var (
+		format     string
+		runFile    string
+		serverRate float64
+		serverMs   float64
+		opts       ceiling.Options
+	)
+	cmd := &cobra.Command{
+		Use:   "ceiling",
+		Short: "Measure the CPU cost of one enrollment's server-side cryptography and the enrollments/s it allows",
+		Long: `ceiling makes one enrollment's evidence with a software TPM, then times on this
+machine each step the server's cryptography takes (EK chain, MakeCredential,
+quote, key certification, CSR, leaf and bundle signing, TLS 1.3 handshake, by
+the CPU time of the thread doing it) and prints the sum and the ceiling it
+implies on every core. With --run (a 'run -o json' report) or --server-rate /
+--server-cpu-ms it prints how close the server came.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("-o %q: want text or json", format)
+			}
+			if runFile != "" {
+				b, err := os.ReadFile(runFile)
+				if err != nil {
+					return err
+				}
+				var rep loadgen.Report
+				if err := json.Unmarshal(b, &rep); err != nil {
+					return fmt.Errorf("%s: %w", runFile, err)
+				}
+				serverRate = max(serverRate, rep.EnrollmentsPerSecond)
+				serverMs = max(serverMs, rep.ServerCPUMsPerEnrollment)
+			}
+			opts.Progress = cmd.ErrOrStderr()
+			r, err := ceiling.Measure(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			if serverRate > 0 || serverMs > 0 {
+				r.Compare(serverRate, serverMs)
+			}
+			return output(cmd.OutOrStdout(), format, r)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&runFile, "run", "", "a 'enroll-bench run -o json' report to compare with")
+	fl.Float64Var(&serverRate, "server-rate", 0, "measured enrollments/s to compare with")
+	fl.Float64Var(&serverMs, "server-cpu-ms", 0, "measured server CPU ms per enrollment to compare with")
+	fl.DurationVar(&opts.Duration, "time", 500*time.Millisecond, "CPU time per step")
+	fl.StringVarP(&format, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func manufacturerCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "manufacturer",
+		Short: "Create (or show) the test TPM manufacturer CA whose root enrolld must trust",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := tpmsim.LoadOrCreateManufacturer(dir); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tpmsim.ManufacturerCertPath(dir))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "manufacturer CA directory (required)")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}
+
+// workerCmd is the hidden worker process: one software TPM serving the
+// parent over stdin and stdout.
+func workerCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "worker",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return loadgen.ServeWorkerStdio()
+		},
+	}
+}
