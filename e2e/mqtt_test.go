@@ -4,6 +4,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestMQTTAgent enrolls the production agent through enrolld's embedded
@@ -39,4 +40,33 @@ func TestMQTTAgent(t *testing.T) {
 	if !strings.Contains(who, `"device_id"`) {
 		t.Errorf("whoami over MQTT: %s", who)
 	}
+}
+
+// TestMQTTBrokerRestartedMidEnrollment kills enrolld, and with it the
+// embedded broker, while agents enroll over MQTT, and restarts it: the
+// agents reconnect and converge (sessions whose sealing keys died with the
+// process are begun again).
+func TestMQTTBrokerRestartedMidEnrollment(t *testing.T) {
+	const n = 10
+	tpms, root := manufacture(t, n)
+	mqttAddr := freeAddr(t)
+	srv := newEnrolld(t, "--manufacturer-roots", root, "--mqtt-listen", mqttAddr)
+	_, port, _ := net.SplitHostPort(mqttAddr)
+	url := "mqtts://localhost:" + port
+	agents := make([]*agent, n)
+	for i := range agents {
+		agents[i] = startAgent(t, url, srv.rootCA(), tpms[i], t.TempDir())
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for strings.Count(srv.log.String(), `"msg":"device enrolled"`) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	srv.kill9()
+	time.Sleep(300 * time.Millisecond)
+	srv.start()
+	for _, a := range agents {
+		a.waitReady(t, 90*time.Second)
+		a.stop()
+	}
+	srv.checkStore(n)
 }
