@@ -235,3 +235,25 @@ func BenchmarkReadyFromCache(b *testing.B) {
 }
 
 var _ = http.StatusOK
+
+// TestRunRefresh: a refresh (SIGHUP in the command) re-attests at once
+// while ready, and the device receives the server's current bundle.
+func TestRunRefresh(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	s := newServer(t, ca, nil, mfr, 1, nil)
+	a := newAgent(t, s, tpmDir, filepath.Join(t.TempDir(), "agent.db"))
+	refresh := make(chan struct{}, 1)
+	log, _ := runAgent(t, a, device.RunOptions{Refresh: refresh})
+	first := log.waitFor(t, 20*time.Second, func(s device.Status) bool { return s.Ready })
+	refresh <- struct{}{}
+	second := log.waitFor(t, 20*time.Second, func(st device.Status) bool {
+		return st.Ready && st.CertSerial != first.CertSerial
+	})
+	if n := s.begins.Load(); n != 2 {
+		t.Errorf("%d begins, want one re-attestation for the refresh", n)
+	}
+	if second.Attempts != 2 {
+		t.Errorf("attempts = %d, want 2", second.Attempts)
+	}
+}
