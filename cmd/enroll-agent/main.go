@@ -110,14 +110,7 @@ func enrollCmd() *cobra.Command {
 		Use:   "enroll",
 		Short: "Enroll once: attest, receive certificate and config bundle, check them with an mTLS call",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-			defer cancel()
-			a, err := openAgent(ctx, &f, nil)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		RunE: f.withAgent(func(cmd *cobra.Command, ctx context.Context, a *device.Agent) error {
 			res, err := a.Enroll(ctx, device.RetryPolicy{Attempts: f.attempts, Base: device.DefaultRetryPolicy.Base, Max: device.DefaultRetryPolicy.Max})
 			if err != nil {
 				return err
@@ -141,7 +134,7 @@ func enrollCmd() *cobra.Command {
 			fmt.Fprintf(out, "  cache:       %s\n", cachePath(f.dataDir))
 			fmt.Fprintf(out, "mTLS call to %s (whoami) succeeded: server sees device %s, certificate %s\n", f.server, who.DeviceID, who.Serial)
 			return nil
-		},
+		}),
 	}
 	f.register(cmd)
 	return cmd
@@ -153,20 +146,13 @@ func whoamiCmd() *cobra.Command {
 		Use:   "whoami",
 		Short: "Call the server over mTLS with the cached certificate and TPM key",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-			defer cancel()
-			a, err := openAgent(ctx, &f, nil)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		RunE: f.withAgent(func(cmd *cobra.Command, ctx context.Context, a *device.Agent) error {
 			who, err := a.Whoami(ctx)
 			if err != nil {
 				return err
 			}
 			return json.NewEncoder(cmd.OutOrStdout()).Encode(who)
-		},
+		}),
 	}
 	f.register(cmd)
 	return cmd
@@ -203,6 +189,20 @@ func identityCmd() *cobra.Command {
 	f.register(cmd)
 	cmd.Flags().StringVar(&ekCertOut, "ek-cert-out", "", "write the EK certificate (PEM) to this file")
 	return cmd
+}
+
+// withAgent runs fn with an open agent under the --timeout limit.
+func (f *agentFlags) withAgent(fn func(cmd *cobra.Command, ctx context.Context, a *device.Agent) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+		defer cancel()
+		a, err := openAgent(ctx, f, nil)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		return fn(cmd, ctx, a)
+	}
 }
 
 func cachePath(dataDir string) string  { return filepath.Join(dataDir, "agent.db") }
