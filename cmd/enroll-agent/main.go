@@ -110,7 +110,7 @@ func enrollCmd() *cobra.Command {
 		Use:   "enroll",
 		Short: "Enroll once: attest, receive certificate and config bundle, check them with an mTLS call",
 		Args:  cobra.NoArgs,
-		RunE: f.withAgent(func(cmd *cobra.Command, ctx context.Context, a *device.Agent) error {
+		RunE: f.withAgent(func(ctx context.Context, cmd *cobra.Command, a *device.Agent) error {
 			res, err := a.Enroll(ctx, device.RetryPolicy{Attempts: f.attempts, Base: device.DefaultRetryPolicy.Base, Max: device.DefaultRetryPolicy.Max})
 			if err != nil {
 				return err
@@ -146,7 +146,7 @@ func whoamiCmd() *cobra.Command {
 		Use:   "whoami",
 		Short: "Call the server over mTLS with the cached certificate and TPM key",
 		Args:  cobra.NoArgs,
-		RunE: f.withAgent(func(cmd *cobra.Command, ctx context.Context, a *device.Agent) error {
+		RunE: f.withAgent(func(ctx context.Context, cmd *cobra.Command, a *device.Agent) error {
 			who, err := a.Whoami(ctx)
 			if err != nil {
 				return err
@@ -192,7 +192,7 @@ func identityCmd() *cobra.Command {
 }
 
 // withAgent runs fn with an open agent under the --timeout limit.
-func (f *agentFlags) withAgent(fn func(cmd *cobra.Command, ctx context.Context, a *device.Agent) error) func(*cobra.Command, []string) error {
+func (f *agentFlags) withAgent(fn func(ctx context.Context, cmd *cobra.Command, a *device.Agent) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, _ []string) error {
 		ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 		defer cancel()
@@ -201,7 +201,7 @@ func (f *agentFlags) withAgent(fn func(cmd *cobra.Command, ctx context.Context, 
 			return err
 		}
 		defer a.Close()
-		return fn(cmd, ctx, a)
+		return fn(ctx, cmd, a)
 	}
 }
 
