@@ -98,6 +98,9 @@ type DeviceSummary struct {
 	StatusChangedAt time.Time `json:"status_changed_at,omitzero"`
 	StatusChangedBy string    `json:"status_changed_by,omitempty"`
 	StatusReason    string    `json:"status_reason,omitempty"`
+	// Firmware is the last measured boot, if the device ever sent an
+	// event log (or was refused for not sending one).
+	Firmware *MeasuredFirmware `json:"firmware,omitempty"`
 }
 
 // DeviceList is the answer to GET PathAdminDevices. Query parameters:

@@ -72,4 +72,12 @@ const (
 	MaxOperatorLifetime = 30 * 24 * time.Hour
 	// MaxCSRBytes bounds an operator CSR.
 	MaxCSRBytes = 8 << 10
+
+	// MaxFirmwareReferences bounds a group's active (not retired)
+	// approved firmware references, and the references of one add or
+	// retire request (firmware.MaxReferences).
+	MaxFirmwareReferences = 1024
+	// MaxFirmwareNameLen bounds a firmware reference's name
+	// (firmware.MaxReferenceNameSize).
+	MaxFirmwareNameLen = 256
 )

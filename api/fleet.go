@@ -16,11 +16,16 @@ const (
 	StatusEnrolled = "enrolled"
 	StatusDenied   = "denied"
 	StatusRevoked  = "revoked"
+	// StatusRefused: the device was admitted but measured boot refused
+	// its first enrollment; it holds no certificate. The record keeps
+	// the measured firmware (for `enrollctl firmware add --from-device`)
+	// and the device enrolls as soon as its boot passes.
+	StatusRefused = "refused"
 )
 
 // DeviceStatuses lists every status, for validation and help texts.
 func DeviceStatuses() []string {
-	return []string{StatusPending, StatusApproved, StatusEnrolled, StatusDenied, StatusRevoked}
+	return []string{StatusPending, StatusApproved, StatusEnrolled, StatusDenied, StatusRevoked, StatusRefused}
 }
 
 // Admission policies of a group.
@@ -200,6 +205,16 @@ type GroupSpec struct {
 	// server's default.
 	CertLifetimeSeconds int64  `json:"cert_lifetime_seconds,omitempty"`
 	Description         string `json:"description,omitempty"`
+	// MeasuredBoot is MeasuredBootOff ("" means off) or
+	// MeasuredBootEnforce.
+	MeasuredBoot string `json:"measured_boot,omitempty"`
+	// RequireSecureBoot refuses, under enforcement, devices whose log
+	// does not show UEFI secure boot on.
+	RequireSecureBoot bool `json:"require_secure_boot,omitempty"`
+	// RequiredPCRs are PCRs, besides the firmware PCRs 0-7, that devices
+	// of the group must quote and their event log must account for
+	// (a PCR the log does not measure must be at its reset value).
+	RequiredPCRs []int `json:"required_pcrs,omitempty"`
 }
 
 // Validate checks a group spec.
@@ -212,6 +227,9 @@ func (g *GroupSpec) Validate() error {
 	if g.CertLifetimeSeconds < 0 || g.CertLifetimeSeconds > int64(MaxOperatorLifetime/time.Second) {
 		return Errorf(CodeBadRequest, "cert_lifetime_seconds %d is outside 0..%d", g.CertLifetimeSeconds, int64(MaxOperatorLifetime/time.Second))
 	}
+	if err := validateMeasuredBoot(g); err != nil {
+		return err
+	}
 	return reasonText("description", g.Description)
 }
 
@@ -221,10 +239,12 @@ type Group struct {
 	GroupSpec
 	// Defined is false for a group that only exists in the server's
 	// defaults (it has no record; devices in it get the default policy).
-	Defined       bool      `json:"defined"`
-	ConfigVersion uint64    `json:"config_version,omitempty"`
-	UpdatedAt     time.Time `json:"updated_at,omitzero"`
-	UpdatedBy     string    `json:"updated_by,omitempty"`
+	Defined       bool   `json:"defined"`
+	ConfigVersion uint64 `json:"config_version,omitempty"`
+	// FirmwareReferences counts the group's active approved firmware.
+	FirmwareReferences int       `json:"firmware_references"`
+	UpdatedAt          time.Time `json:"updated_at,omitzero"`
+	UpdatedBy          string    `json:"updated_by,omitempty"`
 }
 
 // GroupList answers GET PathAdminGroups.

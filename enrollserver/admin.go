@@ -275,6 +275,7 @@ func deviceSummary(d *store.Device) api.DeviceSummary {
 		Enrollments: d.Enrollments, Renewals: d.Renewals, LastEnrolledAt: d.LastEnrolledAt,
 		PendingSince: d.PendingSince, PendingExpiresAt: d.PendingExpiresAt,
 		StatusChangedAt: d.StatusChangedAt, StatusChangedBy: d.StatusChangedBy, StatusReason: d.StatusReason,
+		Firmware: firmwareView(d.Firmware),
 	}
 }
 
@@ -461,7 +462,7 @@ func (s *Server) decide(call *Call, action api.DeviceAction, req *api.DeviceActi
 	switch action {
 	case api.ActionApprove:
 		switch prev.Status {
-		case store.StatusPending:
+		case store.StatusPending, store.StatusRefused:
 			to = store.StatusApproved
 		case store.StatusApproved, store.StatusEnrolled:
 			return unchanged()
@@ -470,7 +471,7 @@ func (s *Server) decide(call *Call, action api.DeviceAction, req *api.DeviceActi
 		}
 	case api.ActionDeny:
 		switch prev.Status {
-		case store.StatusPending, store.StatusApproved:
+		case store.StatusPending, store.StatusApproved, store.StatusRefused:
 			to = store.StatusDenied
 		case store.StatusDenied:
 			return unchanged()
@@ -571,9 +572,19 @@ func (s *Server) SetGroup(ctx context.Context, call *Call, name string, spec *ap
 	if lifetime != 0 && (lifetime < pki.MinLeafLifetime || lifetime > pki.MaxLeafLifetime) {
 		return nil, s.adminRefused(ctx, call, action, target, api.Errorf(api.CodeBadRequest, "cert lifetime %s is outside [%s, %s]", lifetime, pki.MinLeafLifetime, pki.MaxLeafLifetime))
 	}
+	mode := spec.MeasuredBoot
+	if mode == api.MeasuredBootOff {
+		mode = "" // off is the default: stored as such
+	}
+	var required []int
+	if len(spec.RequiredPCRs) > 0 {
+		required = slices.Sorted(slices.Values(spec.RequiredPCRs))
+	}
 	now := s.cfg.Now()
 	g, err := s.cfg.Store.UpdateGroup(ctx, name, func(prev *store.Group) (*store.Group, *store.AuditRecord, error) {
-		next := &store.Group{Name: name, Admission: spec.Admission, CertLifetime: lifetime, Description: spec.Description, UpdatedAt: now, UpdatedBy: call.Principal.String()}
+		next := &store.Group{Name: name, Admission: spec.Admission, CertLifetime: lifetime, Description: spec.Description,
+			MeasuredBoot: mode, RequireSecureBoot: spec.RequireSecureBoot, RequiredPCRs: required,
+			UpdatedAt: now, UpdatedBy: call.Principal.String()}
 		rec := s.record(call, action, target)
 		if prev != nil {
 			rec.Before = mustJSON(groupView(prev))
@@ -589,16 +600,34 @@ func (s *Server) SetGroup(ctx context.Context, call *Call, name string, spec *ap
 }
 
 func groupView(g *store.Group) map[string]any {
-	return map[string]any{"admission": g.Admission, "cert_lifetime": g.CertLifetime.String(), "description": g.Description}
+	return map[string]any{"admission": g.Admission, "cert_lifetime": g.CertLifetime.String(), "description": g.Description,
+		"measured_boot": measuredBootMode(g.MeasuredBoot), "require_secure_boot": g.RequireSecureBoot, "required_pcrs": g.RequiredPCRs}
+}
+
+// measuredBootMode names a stored mode ("" is off).
+func measuredBootMode(m string) string {
+	if m == "" {
+		return api.MeasuredBootOff
+	}
+	return m
 }
 
 func (s *Server) groupOut(ctx context.Context, g *store.Group) (*api.Group, error) {
 	out := &api.Group{Name: g.Name, Defined: !g.UpdatedAt.IsZero(), UpdatedAt: g.UpdatedAt, UpdatedBy: g.UpdatedBy,
-		GroupSpec: api.GroupSpec{Admission: g.Admission, CertLifetimeSeconds: int64(g.CertLifetime / time.Second), Description: g.Description}}
+		GroupSpec: api.GroupSpec{Admission: g.Admission, CertLifetimeSeconds: int64(g.CertLifetime / time.Second), Description: g.Description,
+			MeasuredBoot: measuredBootMode(g.MeasuredBoot), RequireSecureBoot: g.RequireSecureBoot, RequiredPCRs: g.RequiredPCRs}}
 	cv, err := s.cfg.Store.Config(ctx, groupScope(g.Name), 0)
 	if err == nil {
 		out.ConfigVersion = cv.Version
 	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	if err := s.cfg.Store.FirmwareReferences(ctx, g.Name, store.FirmwareKey{}, func(r *store.FirmwareReference) bool {
+		if r.Active() {
+			out.FirmwareReferences++
+		}
+		return true
+	}); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -31,4 +31,8 @@ const (
 	MaxAuditScan = 100_000
 	// MaxDeviceScan bounds the devices one filtered listing reads.
 	MaxDeviceScan = 200_000
+
+	// DefaultReplayCacheSize is how many verified event-log replays a
+	// server remembers (see replayCache; about 2 KiB each, so 8 MiB).
+	DefaultReplayCacheSize = 4096
 )

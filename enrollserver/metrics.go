@@ -20,6 +20,8 @@ type metrics struct {
 	admin               *prometheus.CounterVec
 	auditSuppressed     prometheus.Counter
 	crlEntries          prometheus.Gauge
+	measuredBoot        *prometheus.CounterVec
+	replays             *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -62,9 +64,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "edgeenroll_crl_entries",
 			Help: "Entries of the current certificate revocation list.",
 		}),
+		measuredBoot: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeenroll_measured_boot_total",
+			Help: "Measured boots judged at finish, by verdict (approved, refused, not_enforced) and code (what enforcement answers; empty when the boot passes).",
+		}, []string{"verdict", "code"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeenroll_event_log_replays_total",
+			Help: "Event logs replayed against quoted PCRs, by replay cache result (hit: the same log and PCR values were verified before; miss: replayed).",
+		}, []string{"cache"}),
 	}
 	for _, c := range []prometheus.Collector{m.enrollments, m.begins, m.attestationFailures, m.issuance, m.timeToFinish,
-		m.renewals, m.admin, m.auditSuppressed, m.crlEntries} {
+		m.renewals, m.admin, m.auditSuppressed, m.crlEntries, m.measuredBoot, m.replays} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

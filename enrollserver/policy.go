@@ -99,11 +99,13 @@ func (s *Server) admit(ctx context.Context, sess *store.Session, req *api.BeginR
 			sess.Group = rec.Group
 		}
 	}
-	policy, lifetime, err := s.groupPolicy(ctx, sess.Group)
+	gs, err := s.groupSettings(ctx, sess.Group)
 	if err != nil {
 		return err
 	}
-	sess.CertLifetime = lifetime
+	policy := gs.Admission
+	sess.CertLifetime = gs.CertLifetime
+	sess.MeasuredBoot, sess.RequireSecureBoot, sess.RequiredPCRs = gs.MeasuredBoot, gs.RequireSecureBoot, gs.RequiredPCRs
 
 	// 3. Strangers.
 	if sess.Admission == "" {
@@ -167,17 +169,18 @@ func (s *Server) pend(ctx context.Context, sess *store.Session, now time.Time) e
 		RetryAfterSeconds: retry}
 }
 
-// groupPolicy returns a group's admission policy and certificate lifetime
-// (0: the server default), from its record or the server's defaults.
-func (s *Server) groupPolicy(ctx context.Context, name string) (string, time.Duration, error) {
+// groupSettings returns a group's record, or the server's defaults for a
+// group without one: default admission, server certificate lifetime (0),
+// measured boot off.
+func (s *Server) groupSettings(ctx context.Context, name string) (*store.Group, error) {
 	g, err := s.cfg.Store.Group(ctx, name)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return s.cfg.DefaultAdmission, 0, nil
+		return &store.Group{Name: name, Admission: s.cfg.DefaultAdmission}, nil
 	case err != nil:
-		return "", 0, fmt.Errorf("reading group %s: %w", name, err)
+		return nil, fmt.Errorf("reading group %s: %w", name, err)
 	}
-	return g.Admission, g.CertLifetime, nil
+	return g, nil
 }
 
 // finishAllowed re-checks, inside the enrollment transaction, that no
@@ -208,11 +211,16 @@ func issueAudit(now time.Time, sess *store.Session, prev, next *store.Device) *s
 	if sess.Renewal {
 		action = "certificate.renew"
 	}
+	after := map[string]any{"status": next.Status, "cert_serial": next.CertSerial, "cert_not_after": next.CertNotAfter,
+		"bundle_version": next.BundleVersion, "group": next.Group, "admission": next.Admission}
+	if fw := next.Firmware; fw != nil && fw.SessionID == sess.ID {
+		after["firmware_digest"], after["firmware_verdict"] = fw.Digest, fw.Verdict
+		if fw.Code != "" {
+			after["firmware_code"] = fw.Code
+		}
+	}
 	return &store.AuditRecord{Time: now, ActorKind: "device", ActorName: sess.DeviceID, Action: action,
-		Target: sess.DeviceID, Outcome: "success", Before: before,
-		After: mustJSON(map[string]any{"status": next.Status, "cert_serial": next.CertSerial, "cert_not_after": next.CertNotAfter,
-			"bundle_version": next.BundleVersion, "group": next.Group, "admission": next.Admission}),
-		CorrelationID: sess.CorrelationID}
+		Target: sess.DeviceID, Outcome: "success", Before: before, After: mustJSON(after), CorrelationID: sess.CorrelationID}
 }
 
 func statusCode(st store.DeviceStatus) api.Code {

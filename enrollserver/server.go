@@ -27,8 +27,14 @@ import (
 )
 
 // DefaultPCRs are the SHA-256 PCRs every enrollment quotes: the firmware
-// and boot-loader measurements of the TCG PC Client profile.
-var DefaultPCRs = []int{0, 1, 2, 3, 4, 5, 6, 7}
+// and boot-loader measurements of the TCG PC Client profile (0-7), and the
+// PCRs a shim + GRUB boot measures into through the firmware, so that they
+// appear in the same event log: GRUB's commands (8) and files (9), shim's
+// MOK state (14). Measured boot refuses a log that measures a PCR the
+// quote left out, so a real Linux device needs them quoted. PCRs extended
+// after boot without an entry in the firmware's log (IMA's 10, systemd's
+// 11-13 after the stub) stay out.
+var DefaultPCRs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
 
 // DefaultBundleLifetime is how long a signed config bundle stays valid.
 const DefaultBundleLifetime = 30 * 24 * time.Hour
@@ -66,7 +72,8 @@ type Config struct {
 	LeafLifetime time.Duration
 	// SessionTTL bounds begin → finish; 0 means api.DefaultSessionTTL.
 	SessionTTL time.Duration
-	// PCRs to quote; nil means DefaultPCRs.
+	// PCRs to quote; nil means DefaultPCRs. They must include the
+	// firmware PCRs 0-7; a group's required PCRs are added per session.
 	PCRs []int
 	// Bundles supplies the default config: what a device gets when no
 	// config version is stored for it or its group (see SetConfig); nil
@@ -101,6 +108,11 @@ type Config struct {
 	// OnCRL, if set, receives every newly signed CRL (DER), such as to
 	// publish it as a file. An error is logged, not fatal.
 	OnCRL func(der []byte) error
+	// ReplayCacheSize bounds the verified event-log replays remembered
+	// for devices that send the same log against the same PCR values
+	// again (see replayCache); 0 means DefaultReplayCacheSize, a
+	// negative value remembers none.
+	ReplayCacheSize int
 	// AuditRefusalsPerSecond bounds audit records of refused calls (a
 	// token bucket with a burst of ten seconds' worth); 0 means
 	// DefaultAuditRefusalsPerSecond. Refusals beyond it are counted in
@@ -122,6 +134,7 @@ type Server struct {
 	finish  singleflight.Group
 	crl     crlState
 	refusal *tokenBucket
+	replays *replayCache
 }
 
 // New validates cfg and returns a Server.
@@ -151,9 +164,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PCRs == nil {
 		cfg.PCRs = DefaultPCRs
 	}
+	cfg.PCRs = slices.Clone(cfg.PCRs)
+	slices.Sort(cfg.PCRs)
+	cfg.PCRs = slices.Compact(cfg.PCRs)
 	for _, p := range cfg.PCRs {
 		if p < 0 || p >= api.MaxPCRs {
 			errs = append(errs, fmt.Errorf("PCR %d is outside 0..%d", p, api.MaxPCRs-1))
+		}
+	}
+	for _, p := range FirmwarePCRs {
+		if !slices.Contains(cfg.PCRs, p) {
+			errs = append(errs, fmt.Errorf("PCRs %v leave out PCR %d: measured boot needs the firmware PCRs 0-7 quoted", cfg.PCRs, p))
+			break
 		}
 	}
 	if cfg.Bundles == nil {
@@ -215,6 +237,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AuditRefusalsPerSecond == 0 {
 		cfg.AuditRefusalsPerSecond = DefaultAuditRefusalsPerSecond
 	}
+	if cfg.ReplayCacheSize == 0 {
+		cfg.ReplayCacheSize = DefaultReplayCacheSize
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("enrollserver config: %w", errors.Join(errs...))
 	}
@@ -223,7 +248,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, seal: newSealKeys(),
-		refusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now)}
+		refusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
+		replays: newReplayCache(cfg.ReplayCacheSize)}
 	if err := m.registerStoreGauges(cfg.Registerer, cfg.Store); err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
@@ -302,7 +328,7 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 		return nil, err
 	}
 	sess.AKPublic = req.AK.Public
-	sess.PCRs = slices.Clone(s.cfg.PCRs)
+	sess.PCRs = s.quotePCRs(sess.RequiredPCRs)
 	sess.CreatedAt = now
 	sess.ExpiresAt = now.Add(s.cfg.SessionTTL)
 	if err := s.cfg.Store.CreateSession(ctx, sess); err != nil {
@@ -375,8 +401,21 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 	for _, p := range req.PCRs {
 		pcrs[p.Index] = p.Digest
 	}
-	if _, err := attest.VerifyQuote(ak, req.Quote.Quote, req.Quote.Signature, pcrs, sess.Nonce, sess.PCRs); err != nil {
+	verified, err := attest.VerifyQuote(ak, req.Quote.Quote, req.Quote.Signature, pcrs, sess.Nonce, sess.PCRs)
+	if err != nil {
 		return nil, s.refuse(err)
+	}
+
+	// 3b. Measured boot: the event log replays to the verified PCRs and
+	// the group's firmware policy accepts it (see checkMeasuredBoot). The
+	// device record shows the measurement, refused or not.
+	fw, refusal, err := s.checkMeasuredBoot(ctx, sess, req.EventLog, verified, now)
+	if err != nil {
+		return nil, err
+	}
+	if refusal != nil {
+		s.recordFirmwareRefusal(ctx, sess, fw, refusal)
+		return nil, refusal
 	}
 
 	// 4. The TPM key: certified by the same AK, so it lives in the same
@@ -389,7 +428,8 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 	if err != nil {
 		return nil, s.refuse(err)
 	}
-	if _, err := attest.VerifyCSR(req.CSR, keyPub); err != nil {
+	csr, err := attest.VerifyCSR(req.CSR, keyPub)
+	if err != nil {
 		return nil, s.refuse(err)
 	}
 	keyDER, err := x509.MarshalPKIXPublicKey(keyPub)
@@ -403,7 +443,7 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 	if sess.CertLifetime != 0 {
 		lifetime = sess.CertLifetime
 	}
-	issued, err := s.cfg.Issuer.IssueDevice(ctx, pki.DeviceCertRequest{DeviceID: sess.DeviceID, PublicKey: keyPub, Lifetime: lifetime})
+	issued, err := s.cfg.Issuer.IssueDevice(ctx, pki.DeviceCertRequest{DeviceID: sess.DeviceID, PublicKey: keyPub, Lifetime: lifetime, CSR: csr})
 	if err != nil {
 		return nil, fmt.Errorf("issuing certificate: %w", err)
 	}
@@ -453,6 +493,9 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 			d.Renewals++
 		}
 		d.LastEnrolledAt = now
+		if fw != nil {
+			d.Firmware = fw
+		}
 		return d, issueAudit(now, sess, prev, d), nil
 	})
 	var ae *api.Error

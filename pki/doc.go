@@ -26,7 +26,8 @@
 //
 // It does no network I/O, keeps no global state and never logs: private keys
 // never leave the CA directory (files of mode 0600) except as crypto.Signer
-// values held in memory, and a CA formats without its keys. The only backend
-// today is the embedded file-based CA; a step-ca backend implementing Issuer
-// comes later.
+// values held in memory (or stay in a KMS, see Options), and a CA formats
+// without its keys. Two Issuer backends exist: the embedded CA here, and
+// package pki/stepca, which asks an operator's step-ca and keeps
+// smallstep's code out of this package and out of the device agent.
 package pki

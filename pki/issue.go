@@ -16,7 +16,8 @@ import (
 )
 
 // Issuer issues device certificates after attestation has decided. The
-// embedded CA implements it; a step-ca backend will later.
+// embedded CA implements it, and so does package pki/stepca, which asks an
+// operator's step-ca.
 type Issuer interface {
 	// IssueDevice issues a client certificate for req. It signs the key it
 	// is given: the caller must have proven the key is the device's
@@ -37,6 +38,14 @@ type DeviceCertRequest struct {
 	// Lifetime of the certificate; 0 means DefaultLeafLifetime. It must be
 	// within [MinLeafLifetime, MaxLeafLifetime].
 	Lifetime time.Duration
+	// CSR is the device's own PKCS#10 request, signed in the TPM by the
+	// key PublicKey names, which the caller has verified (attest.VerifyCSR:
+	// signature, and key == PublicKey). Optional: the embedded CA ignores
+	// it and signs PublicKey; an issuer that forwards a request to another
+	// CA (pki/stepca) needs it, because only the device can sign one.
+	// Its subject and extensions are untrusted and never copied into a
+	// certificate.
+	CSR *x509.CertificateRequest
 }
 
 // Issued is an issued certificate and its chain.
@@ -136,6 +145,19 @@ func leafLifetime(lifetime, def time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: %s is outside [%s, %s]; use 0 for the default %s", ErrLifetime, lifetime, MinLeafLifetime, MaxLeafLifetime, def)
 	}
 	return lifetime, nil
+}
+
+// ValidateDevicePublicKey reports whether pub is a key IssueDevice accepts:
+// ECDSA P-256 or P-384 (a valid point), or RSA of MinRSAKeyBits to
+// MaxRSAKeyBits bits. The error wraps ErrPublicKey. Other Issuer
+// implementations apply it too.
+func ValidateDevicePublicKey(pub crypto.PublicKey) error { return checkDevicePublicKey(pub) }
+
+// ValidateLeafLifetime applies DefaultLeafLifetime to 0 and checks the
+// bounds [MinLeafLifetime, MaxLeafLifetime] (ErrLifetime), as IssueDevice
+// does.
+func ValidateLeafLifetime(lifetime time.Duration) (time.Duration, error) {
+	return leafLifetime(lifetime, DefaultLeafLifetime)
 }
 
 // checkDevicePublicKey accepts the keys a TPM 2.0 makes: ECDSA P-256 or

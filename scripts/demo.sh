@@ -19,8 +19,11 @@ go build -o "$BIN/enrolld" ./cmd/enrolld
 go build -o "$BIN/enrollctl" ./cmd/enrollctl
 go build -tags simulator -o "$BIN/enroll-agent" ./cmd/enroll-agent
 
-echo "==> factory: certify the simulated TPM's EK with the demo manufacturer CA"
-"$BIN/enroll-agent" sim-manufacture --state "$DATA/device/tpm" --manufacturer-ca "$DATA/manufacturer"
+echo "==> factory: certify the simulated TPM's EK with the demo manufacturer CA; install simulated firmware"
+# The simulated firmware measures itself into the TPM's PCRs at every start
+# and writes its TCG event log to $DATA/device/tpm/event_log.bin.
+"$BIN/enroll-agent" sim-manufacture --state "$DATA/device/tpm" --manufacturer-ca "$DATA/manufacturer" \
+  --firmware-version "EdgeEnroll Demo Firmware 1.0"
 
 echo "==> starting enrolld on 127.0.0.1:$PORT (logs: $DATA/enrolld.log)"
 "$BIN/enrolld" serve --data-dir "$DATA/enrolld" --listen "127.0.0.1:$PORT" \
@@ -35,10 +38,22 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-echo "==> device: enroll with the TPM (agent logs on stderr)"
-"$BIN/enroll-agent" enroll --server "https://localhost:$PORT" --root-ca "$ROOT" \
-  --tpm "simulator:$DATA/device/tpm" --data-dir "$DATA/device" --event-log "" 2>"$DATA/agent.log"
+CTL=(--server "https://localhost:$PORT" --admin-dir "$DATA/enrolld/admin")
+AGENT=(--server "https://localhost:$PORT" --root-ca "$ROOT" --tpm "simulator:$DATA/device/tpm"
+  --data-dir "$DATA/device" --event-log "$DATA/device/tpm/event_log.bin")
 
-echo "==> operator: enrollctl devices list"
-"$BIN/enrollctl" devices list --server "https://localhost:$PORT" --admin-dir "$DATA/enrolld/admin"
+echo "==> device: enroll with the TPM and its firmware event log (agent logs on stderr)"
+"$BIN/enroll-agent" enroll "${AGENT[@]}" 2>"$DATA/agent.log"
+
+echo "==> operator: approve the firmware the device measured, then enforce measured boot"
+ID=$("$BIN/enroll-agent" identity --tpm "simulator:$DATA/device/tpm")
+"$BIN/enrollctl" firmware add --group default --from-device "$ID" --name "demo firmware 1.0" "${CTL[@]}"
+"$BIN/enrollctl" groups set default --measured-boot enforce --require-secure-boot "${CTL[@]}"
+
+echo "==> device: renew under measured-boot enforcement"
+"$BIN/enroll-agent" enroll "${AGENT[@]}" 2>>"$DATA/agent.log"
+
+echo "==> operator: enrollctl devices list, devices get"
+"$BIN/enrollctl" devices list "${CTL[@]}"
+"$BIN/enrollctl" devices get "$ID" "${CTL[@]}"
 echo "demo complete: server log $DATA/enrolld.log, agent log $DATA/agent.log"

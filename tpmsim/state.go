@@ -27,6 +27,9 @@ const (
 	EKCertFile = "ek_certificate.der"
 )
 
+// The state directory may also hold EventLogFile, the event log of the
+// simulated platform firmware (InstallFirmware).
+
 // ManufacturerCertPath is the manufacturer root a server must trust to
 // admit devices certified by the CA in dir.
 func ManufacturerCertPath(dir string) string { return filepath.Join(dir, ManufacturerCertFile) }
@@ -34,8 +37,11 @@ func ManufacturerCertPath(dir string) string { return filepath.Join(dir, Manufac
 // OpenState opens a simulated TPM whose identity persists in dir: the seed
 // is created on first use (mode 0600), and an EK certificate in dir is
 // written into the TPM's NV at every start, since the simulator's NV does
-// not outlive the process. The seed is the simulated TPM's secret, which
-// is why this package is for demos and tests only.
+// not outlive the process. If dir holds a firmware event log
+// (InstallFirmware), every open is a power-on: the log's digests are
+// extended into the fresh PCRs, as platform firmware measures itself. The
+// seed is the simulated TPM's secret, which is why this package is for
+// demos and tests only.
 func OpenState(dir string) (*TPM, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating simulator state %s: %w", dir, err)
@@ -49,6 +55,10 @@ func OpenState(dir string) (*TPM, error) {
 		return nil, err
 	}
 	if err := provisionSRK(t); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if err := measureBoot(t, dir); err != nil {
 		t.Close()
 		return nil, err
 	}

@@ -63,10 +63,10 @@ func devicesListCmd(g *globals) *cobra.Command {
 				all.Devices = all.Devices[:limit]
 			}
 			return render(g, cmd.OutOrStdout(), all, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tADMISSION\tSERIAL\tGROUP\tLABELS\tCERT EXPIRES\tBUNDLE\tENROLLMENTS")
+				fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tADMISSION\tSERIAL\tGROUP\tLABELS\tCERT EXPIRES\tBUNDLE\tENROLLMENTS\tFIRMWARE")
 				for _, d := range all.Devices {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", d.DeviceID, d.Status, d.Admission, dash(d.Serial), dash(d.Group),
-						dash(api.FormatLabels(d.Labels)), ts(d.CertNotAfter), d.BundleVersion, d.Enrollments)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", d.DeviceID, d.Status, d.Admission, dash(d.Serial), dash(d.Group),
+						dash(api.FormatLabels(d.Labels)), ts(d.CertNotAfter), d.BundleVersion, d.Enrollments, firmwareVerdict(d.Firmware))
 				}
 			})
 		},
@@ -112,6 +112,9 @@ func devicesGetCmd(g *globals) *cobra.Command {
 				} {
 					fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 				}
+				for _, kv := range firmwareLines(d.Firmware) {
+					fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+				}
 				fmt.Fprintln(tw, "\nCERTIFICATE\tNOT AFTER\tRENEWAL\tREVOKED")
 				for _, c := range d.Certificates {
 					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", c.Serial, ts(c.NotAfter), c.Renewal, ts(c.RevokedAt))
@@ -119,6 +122,59 @@ func devicesGetCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+}
+
+// firmwareVerdict summarises a measured boot in one word or two.
+func firmwareVerdict(f *api.MeasuredFirmware) string {
+	switch {
+	case f == nil:
+		return "-"
+	case f.Code != "":
+		return f.Verdict + ": " + string(f.Code)
+	}
+	return f.Verdict
+}
+
+// firmwareLines describe the last measured boot for devices get.
+func firmwareLines(f *api.MeasuredFirmware) [][2]string {
+	if f == nil {
+		return [][2]string{{"Firmware", "not measured (the device never sent a TCG event log)"}}
+	}
+	digest := "none: the event log did not replay to the quote"
+	if f.Digest != "" {
+		digest = f.Digest
+		if f.Version != "" {
+			digest += fmt.Sprintf(" (version %q)", f.Version)
+		}
+	}
+	verdict := f.Verdict
+	switch {
+	case f.Reference != "":
+		verdict += fmt.Sprintf(" (reference %q)", f.Reference)
+	case f.Code != "" && f.Verdict == api.FirmwareNotEnforced:
+		verdict += fmt.Sprintf(" (enforcement would refuse: %s)", f.Code)
+	case f.Code != "":
+		verdict += ": " + string(f.Code)
+	}
+	when := ts(f.MeasuredAt)
+	if f.Renewal {
+		when += " (renewal)"
+	}
+	out := [][2]string{{"Firmware", digest}, {"Firmware verdict", verdict}}
+	if f.Reason != "" {
+		out = append(out, [2]string{"Firmware reason", f.Reason})
+	}
+	if f.Digest != "" {
+		sb := "on"
+		if !f.SecureBoot {
+			sb = "off: " + dash(f.SecureBootDetail)
+		}
+		out = append(out, [2]string{"Secure boot", sb})
+		if f.BootLoaderDigest != "" {
+			out = append(out, [2]string{"Boot loader", f.BootLoaderDigest})
+		}
+	}
+	return append(out, [2]string{"Firmware measured", when})
 }
 
 func deviceActionCmd(g *globals, action api.DeviceAction) *cobra.Command {

@@ -60,8 +60,8 @@ func rootCmd() *cobra.Command {
 		Long: `enrollctl drives enrolld's admin API over mTLS with an operator certificate.
 
 Roles: admin (everything, issues credentials), operator (approve, deny,
-revoke, readmit, groups, config), factory (import, preregister), viewer
-(read only).
+revoke, readmit, groups, config, approved firmware), factory (import,
+preregister), viewer (read only).
 
 Settings: --server/ENROLLCTL_SERVER, --admin-dir/ENROLLCTL_ADMIN_DIR,
 -o/ENROLLCTL_OUTPUT, or the config file
@@ -82,7 +82,7 @@ authorised, 5 invalid input, 6 not found, 7 conflict, 8 partly done.`,
 	g.register(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
 	root.AddCommand(statusCmd(g), devicesCmd(g), preregisterCmd(g), importCmd(g), groupsCmd(g), configCmd(g),
-		certsCmd(g), auditCmd(g), operatorsCmd(g), crlCmd(g))
+		certsCmd(g), auditCmd(g), operatorsCmd(g), crlCmd(g), firmwareCmd(g))
 	// Argument errors are usage errors too.
 	var wrap func(c *cobra.Command)
 	wrap = func(c *cobra.Command) {

@@ -61,10 +61,10 @@ func statusCmd(g *globals) *cobra.Command {
 }
 
 func groupsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "groups", Short: "Device groups: admission policy, certificate lifetime"}
+	cmd := &cobra.Command{Use: "groups", Short: "Device groups: admission policy, certificate lifetime, measured boot"}
 	printGroups := func(cmd *cobra.Command, v any, gs []api.Group, def string) error {
 		return render(g, cmd.OutOrStdout(), v, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "GROUP\tADMISSION\tCERT LIFETIME\tCONFIG\tDEFINED\tDESCRIPTION")
+			fmt.Fprintln(tw, "GROUP\tADMISSION\tCERT LIFETIME\tMEASURED BOOT\tFIRMWARE\tCONFIG\tDEFINED\tDESCRIPTION")
 			for _, gr := range gs {
 				life := "default"
 				if gr.CertLifetimeSeconds > 0 {
@@ -74,7 +74,8 @@ func groupsCmd(g *globals) *cobra.Command {
 				if name == def {
 					name += " (default)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%v\t%s\n", name, gr.Admission, life, gr.ConfigVersion, gr.Defined, dash(gr.Description))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d approved\t%d\t%v\t%s\n", name, gr.Admission, life, measuredBootText(&gr.GroupSpec),
+					gr.FirmwareReferences, gr.ConfigVersion, gr.Defined, dash(gr.Description))
 			}
 		})
 	}
@@ -104,20 +105,56 @@ func groupsCmd(g *globals) *cobra.Command {
 			return printGroups(cmd, gr, []api.Group{gr}, "")
 		},
 	}
-	var admission, description string
+	var admission, description, measuredBoot string
 	var lifetime time.Duration
+	var secureBoot bool
+	var requirePCRs []int
 	setC := &cobra.Command{
-		Use:   "set GROUP --admission auto|manual|deny",
-		Short: "Create or change a group's policy",
+		Use:   "set GROUP [--admission auto|manual|deny] [--measured-boot off|enforce] [--require-secure-boot] ...",
+		Short: "Create or change a group's policy (settings not given keep their value)",
 		Example: `  enrollctl groups set line-a --admission manual --cert-lifetime 12h --description "Line A, first batch"
-  enrollctl groups set quarantine --admission deny`,
+  enrollctl groups set quarantine --admission deny
+  enrollctl groups set line-a --measured-boot enforce --require-secure-boot
+  enrollctl groups set line-a --require-secure-boot=false`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			spec := api.GroupSpec{Admission: admission, CertLifetimeSeconds: int64(lifetime / time.Second), Description: description}
-			if err := spec.Validate(); err != nil {
+			if err := api.ValidateGroupName(args[0]); err != nil {
 				return usageErr(err)
 			}
-			if err := api.ValidateGroupName(args[0]); err != nil {
+			fl := cmd.Flags()
+			changed := false
+			for _, f := range []string{"admission", "cert-lifetime", "description", "measured-boot", "require-secure-boot", "require-pcrs"} {
+				changed = changed || fl.Changed(f)
+			}
+			if !changed {
+				return usageErr(errors.New("nothing to set: give --admission, --cert-lifetime, --description, --measured-boot, --require-secure-boot or --require-pcrs"))
+			}
+			// Start from the group as it is (or the server's defaults for
+			// a group without a record): flags not given keep their value.
+			var cur api.Group
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminGroups+"/"+args[0], nil, nil, &cur); err != nil {
+				return err
+			}
+			spec := cur.GroupSpec
+			if fl.Changed("admission") {
+				spec.Admission = admission
+			}
+			if fl.Changed("cert-lifetime") {
+				spec.CertLifetimeSeconds = int64(lifetime / time.Second)
+			}
+			if fl.Changed("description") {
+				spec.Description = description
+			}
+			if fl.Changed("measured-boot") {
+				spec.MeasuredBoot = measuredBoot
+			}
+			if fl.Changed("require-secure-boot") {
+				spec.RequireSecureBoot = secureBoot
+			}
+			if fl.Changed("require-pcrs") {
+				spec.RequiredPCRs = requirePCRs
+			}
+			if err := spec.Validate(); err != nil {
 				return usageErr(err)
 			}
 			var gr api.Group
@@ -128,11 +165,32 @@ func groupsCmd(g *globals) *cobra.Command {
 		},
 	}
 	setC.Flags().StringVar(&admission, "admission", "", "auto (EK chain or pre-registration admits), manual (pending until approved) or deny")
-	setC.Flags().DurationVar(&lifetime, "cert-lifetime", 0, "device certificate lifetime (default: the server's)")
+	setC.Flags().DurationVar(&lifetime, "cert-lifetime", 0, "device certificate lifetime (0: the server's)")
 	setC.Flags().StringVar(&description, "description", "", "free text")
-	setC.MarkFlagRequired("admission")
+	setC.Flags().StringVar(&measuredBoot, "measured-boot", "", "off (admit whatever booted; logs are still judged and recorded) or enforce (refuse enrollment and renewal unless the event log replays to the quote and shows approved firmware: see `enrollctl firmware`)")
+	setC.Flags().BoolVar(&secureBoot, "require-secure-boot", false, "with --measured-boot enforce, also refuse devices that booted without UEFI secure boot")
+	setC.Flags().IntSliceVar(&requirePCRs, "require-pcrs", nil, "PCRs besides 0-7 the group's devices must quote and their event log must account for, e.g. 8,9,14 (empty to clear)")
 	cmd.AddCommand(listC, getC, setC)
 	return cmd
+}
+
+// measuredBootText summarises a group's measured-boot policy.
+func measuredBootText(g *api.GroupSpec) string {
+	mode := g.MeasuredBoot
+	if mode == "" {
+		mode = api.MeasuredBootOff
+	}
+	var extra []string
+	if g.RequireSecureBoot {
+		extra = append(extra, "secure boot")
+	}
+	if len(g.RequiredPCRs) > 0 {
+		extra = append(extra, fmt.Sprintf("PCRs %v", g.RequiredPCRs))
+	}
+	if len(extra) > 0 {
+		mode += " (" + strings.Join(extra, ", ") + ")"
+	}
+	return mode
 }
 
 // scopeFlags are --group/--device of the config commands.

@@ -44,6 +44,9 @@ func (h *handler) adminRoutes() []adminRoute {
 		{"GET", api.PathAdminCertificates, "certificates.list", R, false, h.listCertificates},
 		{"GET", api.PathAdminAudit, "audit.read", R, false, h.auditLog},
 		{"POST", api.PathAdminOperators, "operator.issue", A, true, h.issueOperator},
+		{"GET", api.PathAdminFirmware, "firmware.list", R, false, h.listFirmware},
+		{"POST", api.PathAdminFirmware, "firmware.add", O, true, h.addFirmware},
+		{"POST", api.PathAdminFirmwareRetire, "firmware.retire", O, true, h.retireFirmware},
 	}
 }
 
@@ -406,6 +409,57 @@ func (h *handler) issueOperator(w http.ResponseWriter, r *http.Request, call *en
 		return err
 	}
 	resp, err := h.srv.IssueOperator(r.Context(), call, &req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, call.CorrelationID, resp)
+	return nil
+}
+
+func (h *handler) listFirmware(w http.ResponseWriter, r *http.Request, call *enrollserver.Call) error {
+	q := r.URL.Query()
+	limit, err := queryInt(q, "limit")
+	if err != nil {
+		return err
+	}
+	retired := false
+	if v := q.Get("retired"); v != "" {
+		if retired, err = strconv.ParseBool(v); err != nil {
+			return badQuery("retired=%.20q must be true or false", v)
+		}
+	}
+	if g := q.Get("group"); g != "" {
+		if err := api.ValidateGroupName(g); err != nil {
+			return &decodeError{err}
+		}
+	}
+	resp, err := h.srv.ListFirmware(r.Context(), enrollserver.FirmwareQuery{Group: q.Get("group"), Retired: retired, After: q.Get("after"), Limit: limit})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, call.CorrelationID, resp)
+	return nil
+}
+
+func (h *handler) addFirmware(w http.ResponseWriter, r *http.Request, call *enrollserver.Call) error {
+	var req api.FirmwareAddRequest
+	if err := decodeAdmin(r, &req); err != nil {
+		return err
+	}
+	resp, err := h.srv.AddFirmware(r.Context(), call, &req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, call.CorrelationID, resp)
+	return nil
+}
+
+func (h *handler) retireFirmware(w http.ResponseWriter, r *http.Request, call *enrollserver.Call) error {
+	var req api.FirmwareRetireRequest
+	if err := decodeAdmin(r, &req); err != nil {
+		return err
+	}
+	resp, err := h.srv.RetireFirmware(r.Context(), call, &req)
 	if err != nil {
 		return err
 	}

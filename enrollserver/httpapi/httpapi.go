@@ -24,6 +24,9 @@ import (
 // Options configure the handler.
 type Options struct {
 	Logger *slog.Logger
+	// MaxInFlight bounds begin and finish requests handled at once; more
+	// are answered 429 busy with Retry-After. 0 means DefaultMaxInFlight.
+	MaxInFlight int
 	// Gatherer serves /metrics; nil serves none.
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
@@ -37,8 +40,9 @@ func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
 	}
 	h := &handler{srv: srv, opts: opts}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+api.PathBegin, h.begin)
-	mux.HandleFunc("POST "+api.PathFinish, h.finish)
+	shed := newShedder(opts.MaxInFlight)
+	mux.HandleFunc("POST "+api.PathBegin, shed.wrap(h.begin))
+	mux.HandleFunc("POST "+api.PathFinish, shed.wrap(h.finish))
 	mux.HandleFunc("GET "+api.PathWhoami, h.whoami)
 	mux.HandleFunc("GET "+api.PathCRL, h.crl)
 	h.registerAdmin(mux)
@@ -77,7 +81,7 @@ type handler struct {
 func (h *handler) begin(w http.ResponseWriter, r *http.Request) {
 	corr := correlationID(r)
 	var req api.BeginRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(r, api.MaxRequestBytes, &req); err != nil {
 		h.fail(w, r, corr, err)
 		return
 	}
@@ -92,7 +96,8 @@ func (h *handler) begin(w http.ResponseWriter, r *http.Request) {
 func (h *handler) finish(w http.ResponseWriter, r *http.Request) {
 	corr := correlationID(r)
 	var req api.FinishRequest
-	if err := decode(r, &req); err != nil {
+	// Finish carries the event log (up to api.MaxEventLogBytes, base64).
+	if err := decode(r, api.MaxFinishRequestBytes, &req); err != nil {
 		h.fail(w, r, corr, err)
 		return
 	}
@@ -128,11 +133,11 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-func decode(r *http.Request, v api.Validator) error {
+func decode(r *http.Request, limit int64, v api.Validator) error {
 	if ct := r.Header.Get("Content-Type"); ct != api.ContentTypeJSON {
 		return api.Errorf(api.CodeBadRequest, "Content-Type must be %s, got %q", api.ContentTypeJSON, ct)
 	}
-	return api.Decode(r.Body, api.MaxRequestBytes, v)
+	return api.Decode(r.Body, limit, v)
 }
 
 // fail writes err; anything that is not an *api.Error is our fault and is
@@ -159,7 +164,9 @@ func StatusOf(c api.Code) int {
 	case api.CodeEKUntrusted, api.CodeNotRegistered, api.CodeAKInvalid, api.CodeActivationFailed,
 		api.CodeQuoteInvalid, api.CodeKeyNotCertified:
 		return http.StatusForbidden
-	case api.CodeNonceUnknownOrUsed:
+	case api.CodeFirmwareNotApproved, api.CodeSecureBootDisabled, api.CodeEventLogMismatch, api.CodePCRNotQuoted:
+		return http.StatusForbidden
+	case api.CodeNonceUnknownOrUsed, api.CodeConflict:
 		return http.StatusConflict
 	case api.CodePendingApproval:
 		return http.StatusAccepted

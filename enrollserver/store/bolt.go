@@ -34,6 +34,10 @@ var (
 	bucketConfigs     = []byte("configs") // scope \x00 version(8 BE) → ConfigVersion
 	bucketImports     = []byte("imports") // id → {batch, rows: line(8 BE) → StagedRow}
 
+	// Measured boot (added within schema 2: a new bucket, created on
+	// open; older builds ignore it).
+	bucketFirmware = []byte("firmware_references") // group \x00 digest → FirmwareReference
+
 	keySchema     = []byte("schema")
 	keyCRLNumber  = []byte("crl_number")
 	keyConfigSeq  = []byte("config_seq")
@@ -43,7 +47,8 @@ var (
 
 // allBuckets are created on open.
 var allBuckets = [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg, bucketCompleted,
-	bucketAudit, bucketStatusIndex, bucketDeviceCerts, bucketSerials, bucketRevocations, bucketGroups, bucketConfigs, bucketImports}
+	bucketAudit, bucketStatusIndex, bucketDeviceCerts, bucketSerials, bucketRevocations, bucketGroups, bucketConfigs, bucketImports,
+	bucketFirmware}
 
 // Options tune the bbolt store. nil means DefaultOptions().
 type Options struct {

@@ -298,7 +298,7 @@ func (s *Bolt) PutPending(ctx context.Context, d *Device, max int, audit *AuditR
 			next.PendingExpiresAt, next.Info = d.PendingExpiresAt, d.Info
 			out = &next
 			return putDevice(tx, prev, &next)
-		case prev != nil:
+		case prev != nil && prev.Status != StatusRefused:
 			out, outErr = prev, ErrExists
 			return nil
 		}
@@ -306,7 +306,14 @@ func (s *Bolt) PutPending(ctx context.Context, d *Device, max int, audit *AuditR
 			outErr = ErrPendingFull
 			return nil
 		}
-		if err := putDevice(tx, nil, d); err != nil {
+		rec := d
+		if prev != nil {
+			// A refused record keeps what measured boot saw.
+			next := *d
+			next.Firmware = prev.Firmware
+			rec = &next
+		}
+		if err := putDevice(tx, prev, rec); err != nil {
 			return err
 		}
 		if audit != nil {
@@ -314,7 +321,7 @@ func (s *Bolt) PutPending(ctx context.Context, d *Device, max int, audit *AuditR
 				return err
 			}
 		}
-		out = d
+		out = rec
 		return nil
 	})
 	if err != nil {

@@ -1,5 +1,6 @@
 // Package store persists the enrollment server's state: devices, enrollment
-// sessions, pre-registrations and issued certificates.
+// sessions, pre-registrations, issued certificates, groups, config versions,
+// approved firmware references and the audit log.
 //
 // Store is the one interface the server uses; Open returns the embedded
 // bbolt implementation (one file, fsynced transactions). The shared

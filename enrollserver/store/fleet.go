@@ -29,8 +29,10 @@ type FleetStore interface {
 	// PutPending records d (Status StatusPending) unless the device has a
 	// record already, which it returns with ErrExists (a pending one has
 	// its PendingExpiresAt and Info refreshed and is returned without
-	// error). A new record is refused with ErrPendingFull when max
-	// pending records exist; audit is appended only with a new record.
+	// error). A StatusRefused record (admitted, never enrolled) counts as
+	// no record: it is replaced by d, keeping its Firmware. A new record
+	// is refused with ErrPendingFull when max pending records exist;
+	// audit is appended only with a new record.
 	PutPending(ctx context.Context, d *Device, max int, audit *AuditRecord) (*Device, error)
 	// DevicesByStatus calls fn for each device of status with ID > after,
 	// in ID order, until fn returns false.
@@ -182,8 +184,14 @@ type Group struct {
 	// CertLifetime of device certificates; 0 means the server default.
 	CertLifetime time.Duration `json:"cert_lifetime,omitempty"`
 	Description  string        `json:"description,omitempty"`
-	UpdatedAt    time.Time     `json:"updated_at"`
-	UpdatedBy    string        `json:"updated_by"`
+	// MeasuredBoot is "off" ("" too) or "enforce"; RequireSecureBoot and
+	// RequiredPCRs complete the measured-boot policy. The approved
+	// firmware is in the firmware references (FirmwareStore).
+	MeasuredBoot      string    `json:"measured_boot,omitempty"`
+	RequireSecureBoot bool      `json:"require_secure_boot,omitempty"`
+	RequiredPCRs      []int     `json:"required_pcrs,omitempty"`
+	UpdatedAt         time.Time `json:"updated_at"`
+	UpdatedBy         string    `json:"updated_by"`
 }
 
 // ConfigVersion is one version of a scope's config ("group/<name>" or

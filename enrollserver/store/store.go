@@ -48,6 +48,7 @@ type Store interface {
 	Preregistrations(ctx context.Context, fn func(*Preregistration) bool) error
 
 	FleetStore
+	FirmwareStore
 
 	// Close releases the store.
 	Close() error
@@ -88,11 +89,16 @@ const (
 	// StatusRevoked: an operator revoked the device and its
 	// certificates; begin and whoami are refused.
 	StatusRevoked DeviceStatus = "revoked"
+	// StatusRefused: the device was admitted but measured boot refused
+	// its first enrollment, so it has no certificate; the record keeps
+	// what was measured (Device.Firmware). It enrolls once its boot
+	// passes; PutPending turns it into a pending record.
+	StatusRefused DeviceStatus = "refused"
 )
 
 // Statuses lists every device status.
 func Statuses() []DeviceStatus {
-	return []DeviceStatus{StatusPending, StatusApproved, StatusEnrolled, StatusDenied, StatusRevoked}
+	return []DeviceStatus{StatusPending, StatusApproved, StatusEnrolled, StatusDenied, StatusRevoked, StatusRefused}
 }
 
 // Session is a begun enrollment awaiting finish.
@@ -121,9 +127,15 @@ type Session struct {
 	CertLifetime time.Duration `json:"cert_lifetime,omitempty"`
 	// Renewal is set when the device held an unexpired certificate at
 	// begin.
-	Renewal   bool      `json:"renewal,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
+	Renewal bool `json:"renewal,omitempty"`
+	// MeasuredBoot, RequireSecureBoot and RequiredPCRs are the group's
+	// measured-boot policy at begin (MeasuredBoot "" is off); PCRs
+	// includes RequiredPCRs.
+	MeasuredBoot      string    `json:"measured_boot,omitempty"`
+	RequireSecureBoot bool      `json:"require_secure_boot,omitempty"`
+	RequiredPCRs      []int     `json:"required_pcrs,omitempty"`
+	CreatedAt         time.Time `json:"created_at"`
+	ExpiresAt         time.Time `json:"expires_at"`
 }
 
 // DeviceInfo is what a device said about itself: untrusted, informational.
@@ -172,6 +184,10 @@ type Device struct {
 	StatusChangedAt time.Time `json:"status_changed_at,omitzero"`
 	StatusChangedBy string    `json:"status_changed_by,omitempty"`
 	StatusReason    string    `json:"status_reason,omitempty"`
+
+	// Firmware is the last measured boot (nil if the device never sent
+	// an event log), recorded on success and on refusal alike.
+	Firmware *FirmwareMeasurement `json:"firmware,omitempty"`
 }
 
 // IssuedCertificate records every certificate the server issued.

@@ -23,9 +23,11 @@ const (
 	EV_NO_ACTION                     EventType = 0x00000003
 	EV_SEPARATOR                     EventType = 0x00000004
 	EV_S_CRTM_VERSION                EventType = 0x00000008
+	EV_IPL                           EventType = 0x0000000D
 	EV_EFI_VARIABLE_DRIVER_CONFIG    EventType = 0x80000001
 	EV_EFI_VARIABLE_BOOT             EventType = 0x80000002
 	EV_EFI_BOOT_SERVICES_APPLICATION EventType = 0x80000003
+	EV_EFI_BOOT_SERVICES_DRIVER      EventType = 0x80000004
 	EV_EFI_ACTION                    EventType = 0x80000007
 	EV_EFI_PLATFORM_FIRMWARE_BLOB    EventType = 0x80000008
 	EV_EFI_PLATFORM_FIRMWARE_BLOB2   EventType = 0x8000000A
@@ -77,6 +79,34 @@ type Options struct {
 	// SHA1 also records SHA-1 digests (a log of a TPM with both banks
 	// active; the Spec ID event then lists SHA-1 and SHA-256).
 	SHA1 bool
+
+	// Size knobs, for logs as long as a real machine's (see Realistic).
+	// All zero (the default) leaves them out.
+
+	// BootOptions adds that many Boot#### variables after Boot0001
+	// (EV_EFI_VARIABLE_BOOT, PCR 1), as firmware with many boot entries
+	// measures.
+	BootOptions int
+	// OptionROMs adds that many EV_EFI_BOOT_SERVICES_DRIVER events on
+	// PCR 2: the UEFI drivers of plug-in cards' option ROMs.
+	OptionROMs int
+	// GRUBCommands and GRUBFiles add a shim + GRUB second stage after the
+	// boot loader: shim measures MokList, MokListX and MokSBState
+	// (EV_IPL, PCR 14), then GRUB measures each command line it runs
+	// (EV_IPL "grub_cmd: ...", PCR 8) and each file it reads (EV_IPL, PCR
+	// 9: modules, its config, the kernel and the initrd). Real logs of a
+	// GRUB boot have hundreds of these.
+	GRUBCommands int
+	GRUBFiles    int
+}
+
+// Realistic returns the options of a log the size of a typical x86 server's
+// with shim and GRUB: 301 events over PCRs 0-9 and 14 (the default log's
+// 24, plus 8 boot options, 6 option ROM drivers, 3 shim events, 200 GRUB
+// commands and 60 GRUB files), about 30 KiB. Quoting it needs PCRs 8, 9
+// and 14 besides 0-7.
+func Realistic() *Options {
+	return &Options{BootOptions: 8, OptionROMs: 6, GRUBCommands: 200, GRUBFiles: 60}
 }
 
 // Event is one measurement: a TCG_PCR_EVENT2 (PFP 1.05, "Event Logging")
@@ -168,6 +198,16 @@ func New(opts *Options) *Log {
 	add(NewMeasurement(1, EV_EFI_VARIABLE_BOOT, UEFIVariableData(EFIGlobalVariable, "BootOrder", bootOrder), bootOrder))
 	boot0001 := loadOption("edgeenroll", `\EFI\BOOT\BOOTX64.EFI`)
 	add(NewMeasurement(1, EV_EFI_VARIABLE_BOOT, UEFIVariableData(EFIGlobalVariable, "Boot0001", boot0001), boot0001))
+	for i := range o.BootOptions {
+		opt := loadOption(fmt.Sprintf("edgeenroll network boot %d", i), fmt.Sprintf(`\EFI\NET\PXE%04X.EFI`, i))
+		add(NewMeasurement(1, EV_EFI_VARIABLE_BOOT, UEFIVariableData(EFIGlobalVariable, fmt.Sprintf("Boot%04X", i+2), opt), opt))
+	}
+
+	// PCR 2: drivers from option ROMs of plug-in cards.
+	for i := range o.OptionROMs {
+		rom := fmt.Appendf(nil, "edgeenroll test option ROM %d driver image", i)
+		add(NewMeasurement(2, EV_EFI_BOOT_SERVICES_DRIVER, imageLoadEvent(0x7A000000+uint64(i)<<20, uint64(len(rom)), fmt.Sprintf(`\PciRoot(0x0)\Pci(0x%x,0x0)\OptionRom`, i+1)), rom))
+	}
 
 	// ReadyToBoot: the first boot option is about to run.
 	add(NewEvent(4, EV_EFI_ACTION, []byte(ActionCallingEFIApplication)))
@@ -181,6 +221,20 @@ func New(opts *Options) *Log {
 	}
 	add(NewMeasurement(4, EV_EFI_BOOT_SERVICES_APPLICATION, imageLoadEvent(0x7E000000, uint64(len(o.BootLoader)), `\EFI\BOOT\BOOTX64.EFI`), o.BootLoader))
 	add(NewMeasurement(4, EV_EFI_BOOT_SERVICES_APPLICATION, imageLoadEvent(0x7C000000, uint64(len(o.Kernel)), `\vmlinuz`), o.Kernel))
+
+	// shim and GRUB, measuring through the firmware's TCG2 protocol.
+	if o.GRUBCommands > 0 || o.GRUBFiles > 0 {
+		for _, v := range []string{"MokList", "MokListX", "MokSBState"} {
+			add(NewEvent(14, EV_IPL, append([]byte(v), 0)))
+		}
+		for i := range o.GRUBCommands {
+			add(NewEvent(8, EV_IPL, append(fmt.Appendf(nil, "grub_cmd: set edgeenroll_var_%d=value_%d", i, i), 0)))
+		}
+		for i := range o.GRUBFiles {
+			path := fmt.Sprintf("/boot/grub/x86_64-efi/module_%d.mod", i)
+			add(NewMeasurement(9, EV_IPL, append([]byte(path), 0), []byte("contents of "+path)))
+		}
+	}
 
 	// The OS takes over.
 	add(NewEvent(5, EV_EFI_ACTION, []byte(ActionExitBootServices)))

@@ -3,6 +3,7 @@ package eventlogtest_test
 import (
 	"bytes"
 	"crypto"
+	"slices"
 	"sort"
 	"testing"
 
@@ -101,4 +102,22 @@ func TestExtendsMatchPCRs(t *testing.T) {
 	if got := l.TouchedPCRs(); len(got) != 8 || got[0] != 0 || got[7] != 7 {
 		t.Fatalf("touched PCRs = %v, want 0..7", got)
 	}
+}
+
+func TestRealisticLog(t *testing.T) {
+	l := eventlogtest.New(eventlogtest.Realistic())
+	if n := len(l.Events); n != 301 {
+		t.Errorf("realistic log has %d events, want 301", n)
+	}
+	if got, want := l.TouchedPCRs(), []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}; !slices.Equal(got, want) {
+		t.Errorf("touched PCRs = %v, want %v", got, want)
+	}
+	el, err := goattest.ParseEventLog(l.Bytes())
+	if err != nil {
+		t.Fatalf("ParseEventLog: %v", err)
+	}
+	if _, err := el.Verify(pcrList(l.PCRs(), crypto.SHA256)); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	t.Logf("realistic log: %d events, %d bytes", len(l.Events), len(l.Bytes()))
 }

@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Purge", testPurge},
 	}
 	tests = append(tests, fleetTests...)
+	tests = append(tests, firmwareTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(t)
