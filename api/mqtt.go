@@ -36,6 +36,10 @@ const (
 	OpBegin  = "begin"
 	OpFinish = "finish"
 	OpWhoami = "whoami"
+	// OpConfig marks a bundle the server pushes to a connected device
+	// (enroll/v1/dev/<id>/resp) when an operator publishes a new config
+	// version; it answers no request.
+	OpConfig = "config"
 )
 
 // RequestTopic is the topic a client publishes requests to.
@@ -137,6 +141,10 @@ type MQTTResponse struct {
 	// sealing.Open(key, session ID, response ID, Sealed).
 	Sealed []byte          `json:"sealed,omitempty"`
 	Whoami *WhoamiResponse `json:"whoami,omitempty"`
+	// Bundle is a pushed config bundle (compact JWS, op config): the device
+	// applies it with the same signature and rollback checks as one
+	// received at enrollment.
+	Bundle string `json:"bundle,omitempty"`
 }
 
 // Validate checks the envelope of an answer.
@@ -145,13 +153,13 @@ func (r *MQTTResponse) Validate() error {
 		return fmt.Errorf("response id %q is malformed", r.ID)
 	}
 	n := 0
-	for _, set := range []bool{r.Error != nil, r.Begin != nil, len(r.Sealed) > 0, r.Whoami != nil} {
+	for _, set := range []bool{r.Error != nil, r.Begin != nil, len(r.Sealed) > 0, r.Whoami != nil, r.Bundle != ""} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		return fmt.Errorf("response must carry exactly one of error, begin, sealed, whoami; has %d", n)
+		return fmt.Errorf("response must carry exactly one of error, begin, sealed, whoami, bundle; has %d", n)
 	}
 	return nil
 }

@@ -379,3 +379,38 @@ func TestEnrollWithECCEK(t *testing.T) {
 		t.Errorf("device ID %s, want the ECC EK's %s", res.DeviceID, want)
 	}
 }
+
+// TestApplyPushedBundle: a pushed bundle is taken only if it verifies for
+// this device and is not older than the stored one.
+func TestApplyPushedBundle(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	a := newAgent(t, newServer(t, ca, nil, mfr, 5, nil), tpmDir, filepath.Join(t.TempDir(), "agent.db"))
+	if _, err := a.Enroll(context.Background(), once); err != nil {
+		t.Fatal(err)
+	}
+	sign := func(signer *pki.CA, id string, version uint64) string {
+		t.Helper()
+		b, err := signer.SignBundle(pki.Bundle{DeviceID: id, Version: version, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Config: json.RawMessage(`{"v":2}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	id := a.DeviceID()
+	if _, _, err := a.ApplyBundle(sign(newCA(t), id, 9)); err == nil {
+		t.Error("a bundle signed by another CA was applied")
+	}
+	if _, _, err := a.ApplyBundle(sign(ca, strings.Repeat("ab", 32), 9)); err == nil {
+		t.Error("a bundle for another device was applied")
+	}
+	if _, taken, err := a.ApplyBundle(sign(ca, id, 4)); err != nil || taken {
+		t.Errorf("older bundle: taken %v, %v", taken, err)
+	}
+	if _, taken, err := a.ApplyBundle(sign(ca, id, 6)); err != nil || !taken {
+		t.Errorf("newer bundle: taken %v, %v", taken, err)
+	}
+	if e, _ := a.Enrollment(); e.BundleVersion != 6 {
+		t.Errorf("stored version %d, want 6", e.BundleVersion)
+	}
+}

@@ -41,6 +41,16 @@ type Transport interface {
 	Close() error
 }
 
+// PushTransport is a transport on which the server can push config
+// bundles to a connected device (MQTT).
+type PushTransport interface {
+	Transport
+	// Listen keeps the device connected until ctx ends.
+	Listen(ctx context.Context)
+	// Pushes delivers pushed bundles (compact JWS), unverified.
+	Pushes() <-chan string
+}
+
 // SealKeyFunc returns the sealing key of the session being finished.
 type SealKeyFunc func() ([]byte, error)
 

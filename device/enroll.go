@@ -447,6 +447,21 @@ func errorCode(err error) string {
 	return "local"
 }
 
+// ApplyBundle verifies a pushed config bundle against the enrollment root
+// for this device and stores it under the rollback rule (its version must
+// not be below the highest stored). It returns whether it was taken.
+func (a *Agent) ApplyBundle(compact string) (*pki.Bundle, bool, error) {
+	b, err := pki.VerifyBundle(compact, a.cfg.Roots, a.DeviceID(), a.cfg.Now())
+	if err != nil {
+		return nil, false, fmt.Errorf("pushed config bundle: %w", err)
+	}
+	ok, err := a.cache.PutBundle(compact, b.Version)
+	if err != nil {
+		return nil, false, fmt.Errorf("storing pushed bundle: %w", err)
+	}
+	return b, ok, nil
+}
+
 // ExportFiles writes the cached certificate chain (PEM) and the verified
 // config payload into dir as device.crt and config.json, for other programs
 // on the device. The key stays in the TPM.

@@ -49,6 +49,7 @@ func NewMQTTTransport(bootstrapURL, deviceURL string, roots *x509.CertPool, cert
 		bootBroker: boot, bootHost: bootHost, devBroker: dev, devHost: devHost, roots: roots, certs: certs,
 		bootID:  api.BootstrapClientPrefix + hex.EncodeToString(b[:]),
 		pending: map[string]chan *api.MQTTResponse{},
+		pushes:  make(chan string, 1),
 	}, nil
 }
 
@@ -75,6 +76,37 @@ type mqttTransport struct {
 	client   paho.Client
 	clientID string
 	pending  map[string]chan *api.MQTTResponse
+
+	pushes chan string // pushed bundles, newest kept
+}
+
+// Pushes delivers config bundles the server pushes to this device while
+// Listen keeps it connected. Unverified: the agent checks each.
+func (t *mqttTransport) Pushes() <-chan string { return t.pushes }
+
+// Listen keeps a connection under the device identity open while the
+// device holds a valid certificate, so pushes arrive, reconnecting with
+// capped backoff until ctx ends.
+func (t *mqttTransport) Listen(ctx context.Context) {
+	backoff := time.Second
+	for {
+		wait := time.Second // until the device holds a certificate
+		if c, err := t.certs.TLSCertificate(); err == nil && c.Leaf != nil && time.Now().Before(c.Leaf.NotAfter) {
+			cctx, cancel := context.WithTimeout(ctx, mqttConnectTimeout)
+			_, _, err := t.connect(cctx)
+			cancel()
+			if err != nil {
+				wait, backoff = backoff, min(2*backoff, time.Minute)
+			} else {
+				wait, backoff = 5*time.Second, time.Second
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 func (t *mqttTransport) Begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
@@ -243,6 +275,17 @@ func (t *mqttTransport) onResponse(_ paho.Client, m paho.Message) {
 	}
 	var resp api.MQTTResponse
 	if err := json.Unmarshal(m.Payload(), &resp); err != nil || resp.Validate() != nil {
+		return
+	}
+	if resp.Op == api.OpConfig && resp.Bundle != "" {
+		select { // keep the newest: drop an unread older push
+		case <-t.pushes:
+		default:
+		}
+		select {
+		case t.pushes <- resp.Bundle:
+		default:
+		}
 		return
 	}
 	t.mu.Lock()

@@ -96,6 +96,13 @@ type Status struct {
 // returns ctx's error.
 func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	o.defaults()
+	var pushes <-chan string
+	if pt, ok := a.server.(PushTransport); ok {
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go pt.Listen(lctx)
+		pushes = pt.Pushes()
+	}
 	start := o.StartedAt
 	if start.IsZero() {
 		start = a.cfg.Now()
@@ -137,7 +144,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			if now.Before(renewAt) && !refreshNow {
 				st.Phase = PhaseReady
 				o.OnStatus(st)
-				if !a.sleep(ctx, renewAt.Sub(now), o.Refresh, &refreshNow) {
+				if !a.sleep(ctx, renewAt.Sub(now), o.Refresh, &refreshNow, pushes) {
 					return ctx.Err()
 				}
 				continue
@@ -196,7 +203,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			a.log.Error("enrollment refused; waiting for an operator before asking again", "code", code, "wait", wait.String(), "err", err)
 		}
 		o.OnStatus(st)
-		if !a.sleep(ctx, wait, o.Refresh, &refreshNow) {
+		if !a.sleep(ctx, wait, o.Refresh, &refreshNow, pushes) {
 			return ctx.Err()
 		}
 	}
@@ -214,9 +221,10 @@ func (a *Agent) renewalTime(notBefore, notAfter time.Time, o RunOptions) time.Ti
 	return t
 }
 
-// sleep waits d, or until a refresh is asked for (setting *refresh), or
-// until ctx ends (returning false).
-func (a *Agent) sleep(ctx context.Context, d time.Duration, refreshCh <-chan struct{}, refresh *bool) bool {
+// sleep waits d, or until a refresh is asked for (setting *refresh), or a
+// config bundle is pushed (applied here), or until ctx ends (returning
+// false).
+func (a *Agent) sleep(ctx context.Context, d time.Duration, refreshCh <-chan struct{}, refresh *bool, pushes <-chan string) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -224,6 +232,17 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration, refreshCh <-chan str
 		return false
 	case <-refreshCh:
 		*refresh = true
+		return true
+	case compact := <-pushes:
+		b, taken, err := a.ApplyBundle(compact)
+		switch {
+		case err != nil:
+			a.log.Warn("refused a pushed config bundle", "err", err)
+		case !taken:
+			a.log.Warn("ignored a pushed config bundle older than the one stored", "offered_version", b.Version)
+		default:
+			a.log.Info("applied a pushed config bundle", "phase", "config", "bundle_version", b.Version)
+		}
 		return true
 	case <-t.C:
 		return true

@@ -182,6 +182,7 @@ func (s *Server) putConfig(ctx context.Context, call *Call, action, scope string
 		return nil, s.adminFailed(ctx, call, action, scope, err)
 	}
 	s.metrics.admin.WithLabelValues(action, "success").Inc()
+	s.notifyConfig(scope)
 	return configView(cv), nil
 }
 

@@ -131,10 +131,12 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	seal    *sealKeys
-	finish  singleflight.Group
-	crl     crlState
-	refusal *tokenBucket
-	replays *replayCache
+	// configWatchers hear about every new config version (push).
+	configWatchers []func(ConfigChange)
+	finish         singleflight.Group
+	crl            crlState
+	refusal        *tokenBucket
+	replays        *replayCache
 }
 
 // New validates cfg and returns a Server.

@@ -95,6 +95,7 @@ func New(core *enrollserver.Server, opts Options) (*Broker, error) {
 	if err := b.srv.Serve(); err != nil {
 		return fail(fmt.Errorf("starting mqtt broker: %w", err))
 	}
+	core.OnConfigChange(b.pushConfig)
 	return b, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -332,5 +333,77 @@ func TestFinishBoundToClient(t *testing.T) {
 	json.Unmarshal(m.Payload(), &fr)
 	if fr.Error == nil || fr.Error.Code != api.CodeNonceUnknownOrUsed {
 		t.Fatalf("finish of another client's session: %s", m.Payload())
+	}
+}
+
+// waitOrNot returns the first status satisfying ok within limit, or the zero
+// status.
+func waitOrNot(ch <-chan device.Status, limit time.Duration, ok func(device.Status) bool) device.Status {
+	deadline := time.After(limit)
+	for {
+		select {
+		case s := <-ch:
+			if ok(s) {
+				return s
+			}
+		case <-deadline:
+			return device.Status{}
+		}
+	}
+}
+
+// TestConfigPush: a new config version for a device reaches it over its
+// MQTT connection while it idles ready, and it applies it.
+func TestConfigPush(t *testing.T) {
+	e := newEnv(t)
+	a := e.agent(t)
+	statuses := make(chan device.Status, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		a.Run(ctx, device.RunOptions{OnStatus: func(s device.Status) {
+			select {
+			case statuses <- s:
+			default:
+			}
+		}})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	wait := func(ok func(device.Status) bool) device.Status {
+		t.Helper()
+		deadline := time.After(20 * time.Second)
+		for {
+			select {
+			case s := <-statuses:
+				if ok(s) {
+					return s
+				}
+			case <-deadline:
+				t.Fatal("no matching status")
+			}
+		}
+	}
+	first := wait(func(s device.Status) bool { return s.Ready })
+	// The agent connects under its device identity shortly after it is
+	// ready; publish versions until one is pushed to it (bounded).
+	call := &enrollserver.Call{CorrelationID: "push", Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: "alice", Role: pki.RoleOperator}}
+	var got device.Status
+	for i := 0; ; i++ {
+		cv, err := e.core.SetConfig(context.Background(), call, &api.ConfigSetRequest{
+			ConfigScope: api.ConfigScope{DeviceID: first.DeviceID}, Config: json.RawMessage(fmt.Sprintf(`{"pushed":%d}`, i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = waitOrNot(statuses, 3*time.Second, func(s device.Status) bool { return s.BundleVersion == cv.Version })
+		if got.BundleVersion == cv.Version {
+			break
+		}
+		if i == 5 {
+			t.Fatalf("no pushed version reached the device")
+		}
+	}
+	if got.CertSerial != first.CertSerial {
+		t.Error("a config push re-enrolled the device")
 	}
 }

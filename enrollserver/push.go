@@ -1,0 +1,74 @@
+package enrollserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/pki"
+)
+
+// ConfigChange says which devices a new config version may concern: one
+// device, one group, or (Group and DeviceID empty) every device.
+type ConfigChange struct {
+	DeviceID string
+	Group    string
+}
+
+// Concerns reports whether a device of group belongs to the change's scope.
+func (c ConfigChange) Concerns(deviceID, group string) bool {
+	switch {
+	case c.DeviceID != "":
+		return c.DeviceID == deviceID
+	case c.Group != "":
+		return c.Group == group
+	}
+	return true
+}
+
+// OnConfigChange registers fn to be called after every stored config
+// version, so a transport that keeps devices connected (MQTT) can push the
+// new bundle. fn runs on the admin call's goroutine and must not block.
+// Register before serving.
+func (s *Server) OnConfigChange(fn func(ConfigChange)) {
+	s.configWatchers = append(s.configWatchers, fn)
+}
+
+func (s *Server) notifyConfig(scope string) {
+	var c ConfigChange
+	if id, ok := strings.CutPrefix(scope, "device/"); ok {
+		c.DeviceID = id
+	} else if g, ok := strings.CutPrefix(scope, "group/"); ok {
+		c.Group = g
+	}
+	for _, fn := range s.configWatchers {
+		fn(c)
+	}
+}
+
+// SignedBundle signs the config bundle device id would receive now, for a
+// push. It refuses a device that is not enrolled and in good standing.
+func (s *Server) SignedBundle(ctx context.Context, id string) (compact, group string, version uint64, err error) {
+	dev, err := s.cfg.Store.Device(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", "", 0, api.Errorf(api.CodeNotFound, "device %s is not enrolled", id)
+	} else if err != nil {
+		return "", "", 0, fmt.Errorf("reading device: %w", err)
+	}
+	if dev.Status != store.StatusEnrolled {
+		return "", "", 0, api.Errorf(statusCode(dev.Status), "device %s is %s", id, dev.Status)
+	}
+	version, config, err := s.deviceBundle(ctx, dev)
+	if err != nil {
+		return "", "", 0, err
+	}
+	now := s.cfg.Now()
+	compact, err = s.cfg.CA.SignBundle(pki.Bundle{DeviceID: id, Version: version, IssuedAt: now, ExpiresAt: now.Add(s.cfg.BundleLifetime), Config: config})
+	if err != nil {
+		return "", "", 0, fmt.Errorf("signing bundle: %w", err)
+	}
+	return compact, dev.Group, version, nil
+}
