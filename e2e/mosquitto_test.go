@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -112,15 +114,37 @@ func TestMosquitto(t *testing.T) {
 	}
 
 	agentDir := t.TempDir()
-	out, _ := run(t, false, bins.agentSim, "enroll", "--server", "mqtts://localhost:"+bootPort,
-		"--mqtt-device-server", "mqtts://localhost:"+devPort, "--root-ca", srv.rootCA(),
-		"--tpm", "simulator:"+tpms[0], "--data-dir", agentDir, "--event-log", "", "--attempts", "3", "--timeout", "60s")
-	checkEnrolled(t, out, agentDir)
+	// Twice: first contact on the bootstrap listener, then a renewal (and
+	// the whoami) as the certified device on the mutual-TLS listener.
+	for range 2 {
+		out, _ := run(t, false, bins.agentSim, "enroll", "--server", "mqtts://localhost:"+bootPort,
+			"--mqtt-device-server", "mqtts://localhost:"+devPort, "--root-ca", srv.rootCA(),
+			"--tpm", "simulator:"+tpms[0], "--data-dir", agentDir, "--event-log", "", "--attempts", "3", "--timeout", "60s")
+		checkEnrolled(t, out, agentDir)
+	}
+
+	// The spy's publishes on someone else's request topics never reach
+	// enrolld: it logs every request it handles by its message ID.
+	deviceID := strings.TrimSpace(func() string {
+		id, _ := run(t, false, bins.agentSim, "identity", "--tpm", "simulator:"+tpms[0])
+		return id
+	}())
+	for i, topic := range []string{api.RequestTopic(deviceID), api.RequestTopic(bootstrapID())} {
+		// A well-formed begin: handled, it would be refused and logged
+		// with its correlation ID.
+		payload, _ := json.Marshal(&api.MQTTRequest{ID: fmt.Sprintf("spy-publish-%d", i), Op: api.OpBegin,
+			CorrelationID: fmt.Sprintf("spy-publish-%d", i), Begin: &api.BeginRequest{EKPublic: []byte{1},
+				AK: api.AttestationParameters{Public: []byte{1}, CreateData: []byte{1}, CreateAttestation: []byte{1}, CreateSignature: []byte{1}}}})
+		spy.Publish(topic, 1, false, payload).WaitTimeout(5 * time.Second)
+	}
 
 	select {
 	case m := <-msgs:
 		t.Fatalf("the bootstrap eavesdropper received a message on %s", m.Topic())
-	case <-time.After(500 * time.Millisecond):
+	case <-time.After(time.Second):
+	}
+	if strings.Contains(srv.log.String(), "spy-publish") {
+		t.Errorf("enrolld handled a request published on another client's topic:\n%s", srv.log)
 	}
 	// A client without a certificate cannot claim the device listener.
 	if _, err := tryMQTT("127.0.0.1:"+devPort, srv.rootCA(), bootstrapID()); err == nil {
