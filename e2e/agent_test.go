@@ -235,10 +235,11 @@ type agent struct {
 var agentRunArgs = []string{"--event-log", "", "--request-timeout", "5s", "--attempt-timeout", "30s",
 	"--retry-base", "100ms", "--retry-max", "2s", "--refused-backoff", "1h"}
 
-func startAgent(t *testing.T, url, rootCA, tpmDir, dataDir string) *agent {
+func startAgent(t *testing.T, url, rootCA, tpmDir, dataDir string, extra ...string) *agent {
 	t.Helper()
 	a := &agent{dataDir: dataDir, stderr: &syncBuffer{}, lines: make(chan string, 1000)}
 	args := append([]string{"run", "--server", url, "--root-ca", rootCA, "--tpm", "simulator:" + tpmDir, "--data-dir", dataDir}, agentRunArgs...)
+	args = append(args, extra...)
 	a.cmd = exec.Command(bins.agentSim, args...)
 	pr, pw, err := os.Pipe()
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/device/supervise"
 )
 
 // startMosquitto runs mosquitto with the repository's configuration
@@ -146,6 +147,37 @@ func TestMosquitto(t *testing.T) {
 	if strings.Contains(srv.log.String(), "spy-publish") {
 		t.Errorf("enrolld handled a request published on another client's topic:\n%s", srv.log)
 	}
+	// Config push through mosquitto: an agent running as the certified
+	// device receives a new version an operator publishes.
+	a := startAgent(t, "mqtts://localhost:"+bootPort, srv.rootCA(), tpms[0], agentDir,
+		"--mqtt-device-server", "mqtts://localhost:"+devPort)
+	before := a.waitReady(t, 60*time.Second)
+	cfgFile := filepath.Join(t.TempDir(), "cfg.json")
+	writeFile(t, cfgFile, `{"pushed": true}`)
+	var version uint64
+	for i := 0; ; i++ { // the agent connects as the device shortly after ready
+		run(t, false, bins.ctl, "config", "set", "--device", deviceID, cfgFile, "--comment", fmt.Sprintf("push %d", i),
+			"--server", srv.url(), "--admin-dir", filepath.Join(dataDir, "admin"))
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if s, err := supervise.ReadStatus(filepath.Join(agentDir, "status.json")); err == nil && s.BundleVersion > before.BundleVersion {
+				version = s.BundleVersion
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if version != 0 {
+			break
+		}
+		if i == 4 {
+			t.Fatalf("no pushed config reached the agent:\n%s", a.stderr)
+		}
+	}
+	if s, _ := supervise.ReadStatus(filepath.Join(agentDir, "status.json")); s.CertSerial != before.CertSerial {
+		t.Error("the config push re-enrolled the device")
+	}
+	a.stop()
+
 	// A client without a certificate cannot claim the device listener.
 	if _, err := tryMQTT("127.0.0.1:"+devPort, srv.rootCA(), bootstrapID()); err == nil {
 		t.Error("connected to the device listener without a certificate")

@@ -72,3 +72,25 @@ func (s *Server) SignedBundle(ctx context.Context, id string) (compact, group st
 	}
 	return compact, dev.Group, version, nil
 }
+
+// MaxPushDevices bounds the devices one config change is pushed to through
+// an external broker, which cannot tell who is connected.
+const MaxPushDevices = 100000
+
+// EnrolledDevices calls fn with the ID of every enrolled device the change
+// concerns, at most MaxPushDevices, for a push through a broker that does
+// not know who is connected.
+func (s *Server) EnrolledDevices(ctx context.Context, c ConfigChange, fn func(id string)) error {
+	if c.DeviceID != "" {
+		fn(c.DeviceID)
+		return nil
+	}
+	n := 0
+	return s.cfg.Store.Devices(ctx, func(d *store.Device) bool {
+		if d.Status == store.StatusEnrolled && c.Concerns(d.ID, d.Group) {
+			fn(d.ID)
+			n++
+		}
+		return n < MaxPushDevices
+	})
+}

@@ -32,8 +32,9 @@ type ExternalOptions struct {
 // broker authenticates devices and enforces the topic ACLs; see
 // deploy/mosquitto. The handler is the one the embedded broker uses.
 type External struct {
-	h *handler
-	c paho.Client
+	h   *handler
+	c   paho.Client
+	log *slog.Logger
 }
 
 // NewExternal connects to the broker, subscribes to every client's request
@@ -53,7 +54,7 @@ func NewExternal(ctx context.Context, core *enrollserver.Server, opts ExternalOp
 	if opts.ClientID == "" {
 		opts.ClientID = "enrolld"
 	}
-	e := &External{h: newHandler(core, opts.Logger)}
+	e := &External{h: newHandler(core, opts.Logger), log: opts.Logger}
 	e.h.publish = func(client string, payload []byte) {
 		tok := e.c.Publish(api.ResponseTopic(client), 1, false, payload)
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -90,6 +91,7 @@ func NewExternal(ctx context.Context, core *enrollserver.Server, opts ExternalOp
 		e.h.close()
 		return nil, ctx.Err()
 	}
+	core.OnConfigChange(e.pushConfig)
 	return e, nil
 }
 

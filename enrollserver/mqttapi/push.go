@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"log/slog"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
@@ -27,18 +28,42 @@ func (b *Broker) pushConfig(c enrollserver.ConfigChange) {
 		}
 	}
 	b.mu.Unlock()
-	if len(ids) == 0 {
-		return
+	if len(ids) > 0 {
+		b.h.push(c, ids, b.log)
 	}
-	b.h.wg.Add(1)
+}
+
+// pushConfig, through an external broker, which cannot say who is
+// connected, publishes to every enrolled device the change concerns; one
+// not connected misses it (clean sessions) and gets the version at its next
+// renewal or refresh.
+func (e *External) pushConfig(c enrollserver.ConfigChange) {
+	e.h.wg.Add(1)
 	go func() {
-		defer b.h.wg.Done()
-		ctx, cancel := context.WithTimeout(b.h.ctx, pushTimeout)
+		defer e.h.wg.Done()
+		var ids []string
+		ctx, cancel := context.WithTimeout(e.h.ctx, pushTimeout)
+		defer cancel()
+		if err := e.h.core.EnrolledDevices(ctx, c, func(id string) { ids = append(ids, id) }); err != nil {
+			e.log.Error("config push: listing devices", "err", err)
+			return
+		}
+		e.h.push(c, ids, e.log)
+	}()
+}
+
+// push signs and publishes each device's current bundle on its response
+// topic, in the background.
+func (h *handler) push(c enrollserver.ConfigChange, ids []string, log *slog.Logger) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		ctx, cancel := context.WithTimeout(h.ctx, pushTimeout)
 		defer cancel()
 		for _, id := range ids {
-			compact, group, version, err := b.h.core.SignedBundle(ctx, id)
+			compact, group, version, err := h.core.SignedBundle(ctx, id)
 			if err != nil {
-				b.log.Warn("config push: no bundle for device", "device_id", id, "err", err)
+				log.Warn("config push: no bundle for device", "device_id", id, "err", err)
 				continue
 			}
 			if !c.Concerns(id, group) {
@@ -50,8 +75,8 @@ func (b *Broker) pushConfig(c enrollserver.ConfigChange) {
 			if err != nil {
 				continue
 			}
-			b.h.publish(id, raw)
-			b.log.Info("config pushed", "device_id", id, "bundle_version", version)
+			h.publish(id, raw)
+			log.Info("config pushed", "device_id", id, "bundle_version", version)
 		}
 	}()
 }
