@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,5 +112,84 @@ func TestEnrollBench(t *testing.T) {
 	}
 	if again.Identities.Created != 0 || again.Phases[0].Succeeded != 5 {
 		t.Errorf("second run: identities %+v, %d succeeded", again.Identities, again.Phases[0].Succeeded)
+	}
+}
+
+// TestEnrollBenchMQTT runs enroll-bench over enrolld's embedded MQTT
+// broker: 20 simulated devices, each with its own bootstrap connection,
+// enroll and renew with sealed finish answers opened by the key from their
+// TPM's activation secret; then compare runs HTTPS and MQTT side by side
+// against the same server.
+func TestEnrollBenchMQTT(t *testing.T) {
+	bench := needBench(t)
+	work := t.TempDir()
+	mfr := filepath.Join(work, "manufacturer")
+	root, _ := run(t, false, bench, "manufacturer", "--dir", mfr)
+	mqttAddr := freeAddr(t)
+	s := startServer(t, "--manufacturer-roots", strings.TrimSpace(root), "--mqtt-listen", mqttAddr)
+	_, port, _ := net.SplitHostPort(mqttAddr)
+	mqttURL := "mqtts://localhost:" + port
+	ids := filepath.Join(work, "identities.gob")
+
+	const n = 20
+	out, stderr := run(t, false, bench, "run", "--server", mqttURL, "--root-ca", s.rootCA, "--manufacturer-ca", mfr,
+		"--identities", ids, "-n", "20", "-c", "8", "--workers", "2", "--renew", "--timeout", "90s", "-o", "json")
+	var rep loadgen.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("enroll-bench -o json: %v\n%s\nstderr:\n%s", err, out, stderr)
+	}
+	if rep.Setup.Transport != "mqtt" || rep.Setup.Server != mqttURL || rep.Setup.Devices != n {
+		t.Errorf("setup %+v", rep.Setup)
+	}
+	if len(rep.Phases) != 2 {
+		t.Fatalf("%d phases, want enroll and renew", len(rep.Phases))
+	}
+	for _, p := range rep.Phases {
+		if p.Succeeded != n || p.Failed != 0 || len(p.Errors) != 0 {
+			t.Errorf("%s: %d/%d succeeded, %d failed, errors %v\nstderr:\n%s", p.Name, p.Succeeded, n, p.Failed, p.Errors, stderr)
+		}
+		if p.Finish.Count != n || p.Enrollment.P50 <= 0 {
+			t.Errorf("%s: finish %+v, enrollment %+v", p.Name, p.Finish, p.Enrollment)
+		}
+		// The server (with its broker) was found by the MQTT port.
+		if p.Server == nil || p.Server.CPUSeconds <= 0 || p.Server.CPUMsPerOp <= 0 {
+			t.Errorf("%s: server figures %+v", p.Name, p.Server)
+		}
+	}
+	devs := s.devices(t)
+	if len(devs) != n {
+		t.Fatalf("server lists %d devices, want %d", len(devs), n)
+	}
+	for _, d := range devs {
+		if d.Enrollments != 2 {
+			t.Errorf("device %s: %d enrollments over MQTT, want 2", d.DeviceID, d.Enrollments)
+		}
+	}
+
+	// compare: HTTPS and MQTT against the same server in one invocation.
+	out, stderr = run(t, false, bench, "compare", "--https", s.url, "--mqtt", mqttURL, "--root-ca", s.rootCA,
+		"--manufacturer-ca", mfr, "--identities", ids, "-n", "5", "-c", "5", "--workers", "1", "--rounds", "1",
+		"--timeout", "60s", "-o", "json")
+	var cmp loadgen.Comparison
+	if err := json.Unmarshal([]byte(out), &cmp); err != nil {
+		t.Fatalf("enroll-bench compare -o json: %v\n%s\nstderr:\n%s", err, out, stderr)
+	}
+	if len(cmp.Results) != 2 || cmp.Results[0].Transport != "https" || cmp.Results[1].Transport != "mqtt" {
+		t.Fatalf("compare results %+v", cmp.Results)
+	}
+	for _, r := range cmp.Results {
+		if len(r.Runs) != 1 || r.Failed != 0 || r.EnrollmentsPerSecond <= 0 || r.ServerCPUMsPerEnrollment <= 0 {
+			t.Errorf("%s: %d runs, %d failed, %v/s, %v server ms", r.Transport, len(r.Runs), r.Failed, r.EnrollmentsPerSecond, r.ServerCPUMsPerEnrollment)
+		}
+	}
+	if cmp.MQTTOverHTTPS <= 0 || cmp.CPUMQTTOverHTTPS <= 0 {
+		t.Errorf("ratios %v / %v", cmp.MQTTOverHTTPS, cmp.CPUMQTTOverHTTPS)
+	}
+	// compare needs 2 × 5 identities: the file has 20, none are made.
+	if cmp.Identities.Count != 10 || cmp.Identities.Created != 0 {
+		t.Errorf("compare identities %+v", cmp.Identities)
+	}
+	if got := len(s.devices(t)); got != n {
+		t.Errorf("after compare the server lists %d devices, want %d (compare reused the first 10)", got, n)
 	}
 }

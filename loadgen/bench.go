@@ -26,8 +26,15 @@ import (
 
 // BenchConfig is a whole enroll-bench run against a running server.
 type BenchConfig struct {
-	// ServerURL is the server's base URL (https://127.0.0.1:8443).
+	// ServerURL is the server: https://127.0.0.1:8443 for HTTPS, or
+	// mqtts://127.0.0.1:8883 for MQTT through the broker (enrolld's
+	// embedded one, or an external broker's bootstrap listener).
 	ServerURL string
+	// MQTTDeviceURL is the broker listener for device-certificate
+	// connections when it differs from the bootstrap one (mosquitto);
+	// "" means ServerURL. The bench's devices never present a device
+	// certificate (see Bench), so it only reaches the transport.
+	MQTTDeviceURL string
 	// RootCAFile is the enrollment root (PEM) the server's CA created.
 	RootCAFile string
 	// ManufacturerDir is the test TPM manufacturer CA (tpmsim) whose root
@@ -56,66 +63,141 @@ type BenchConfig struct {
 	Stderr io.Writer
 }
 
+// Transport names.
+const (
+	TransportHTTPS = "https"
+	TransportMQTT  = "mqtt"
+)
+
+// serverTransport checks a server URL and names its transport.
+func serverTransport(raw string) (*url.URL, string, error) {
+	u, err := url.Parse(raw)
+	if err == nil && u.Host != "" {
+		switch u.Scheme {
+		case "https":
+			return u, TransportHTTPS, nil
+		case "mqtts":
+			return u, TransportMQTT, nil
+		}
+	}
+	return nil, "", fmt.Errorf("server URL %q: want https://host:port or mqtts://host:port", raw)
+}
+
 // Bench makes (or loads) identities, starts the worker pool, finds the
 // server process and runs the load.
+//
+// Over HTTPS each device uses device.NewHTTPSTransport; over MQTT
+// (mqtts://) each device, in each phase, gets its own
+// device.NewMQTTTransport: its own MQTT connection under its own random
+// bootstrap client ID, as a device that is not enrolled yet. Finish
+// answers arrive sealed and are opened with sealing.Key(activation secret,
+// session ID), the secret coming from the simulated TPM's activation. The
+// renew phase is, as over HTTPS, a second full attestation through begin
+// and finish; over MQTT it also runs on the bootstrap identity, since a
+// device's TPM key lives in a worker's simulator and cannot sign a TLS
+// handshake in this process (so the broker's mTLS path is not measured).
 func Bench(ctx context.Context, cfg BenchConfig) (*Report, error) {
-	if cfg.Devices <= 0 {
+	env, err := setupBench(ctx, &cfg, []string{cfg.ServerURL}, cfg.Devices)
+	if err != nil {
+		return nil, err
+	}
+	defer env.pool.Close()
+	rep, err := env.run(ctx, &cfg, cfg.ServerURL, env.set.Identities[:cfg.Devices])
+	if rep != nil {
+		rep.Identities = env.idRep
+	}
+	return rep, err
+}
+
+// benchEnv is what runs against one or more servers share: the roots,
+// the identities and the worker pool.
+type benchEnv struct {
+	roots *x509.CertPool
+	pool  *Pool
+	set   *identitySet
+	idRep IdentityReport
+	tls   map[string]string // probe result per server URL
+}
+
+// setupBench checks the server URLs and reaches each, then loads or makes
+// devices identities and starts the pool. The caller closes env.pool.
+func setupBench(ctx context.Context, cfg *BenchConfig, urls []string, devices int) (*benchEnv, error) {
+	if cfg.Devices <= 0 || devices <= 0 {
 		return nil, errors.New("loadgen: Devices must be positive")
 	}
 	if cfg.Stderr == nil {
 		cfg.Stderr = io.Discard
 	}
-	u, err := url.Parse(cfg.ServerURL)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("server URL %q: want https://host:port", cfg.ServerURL)
+	env := &benchEnv{tls: map[string]string{}}
+	for _, raw := range urls {
+		if _, _, err := serverTransport(raw); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.MQTTDeviceURL != "" {
+		if _, tr, err := serverTransport(cfg.MQTTDeviceURL); err != nil || tr != TransportMQTT {
+			return nil, fmt.Errorf("MQTT device server %q: want mqtts://host:port", cfg.MQTTDeviceURL)
+		}
 	}
 	rootPEM, err := os.ReadFile(cfg.RootCAFile)
 	if err != nil {
 		return nil, fmt.Errorf("reading the enrollment root: %w", err)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(rootPEM) {
+	env.roots = x509.NewCertPool()
+	if !env.roots.AppendCertsFromPEM(rootPEM) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", cfg.RootCAFile)
 	}
 	mfr, err := tpmsim.LoadOrCreateManufacturer(cfg.ManufacturerDir)
 	if err != nil {
 		return nil, err
 	}
-	// Reach the server before spending time on identities.
-	tlsDesc, err := probeTLS(ctx, u.Host, roots)
-	if err != nil {
-		return nil, fmt.Errorf("server %s: %w", cfg.ServerURL, err)
+	// Reach the servers before spending time on identities.
+	for _, raw := range urls {
+		u, _, _ := serverTransport(raw)
+		desc, err := probeTLS(ctx, u.Host, env.roots)
+		if err != nil {
+			return nil, fmt.Errorf("server %s: %w", raw, err)
+		}
+		env.tls[raw] = desc
 	}
 
 	// Identities: load, then make whatever is missing.
-	set, err := loadIdentitySet(cfg.IdentitiesFile, mfr)
-	if err != nil {
+	if env.set, err = loadIdentitySet(cfg.IdentitiesFile, mfr); err != nil {
 		return nil, err
 	}
-	pool, err := StartPool(ctx, PoolConfig{Workers: cfg.Workers, Seed: set.Seed, ManufacturerDir: cfg.ManufacturerDir,
+	env.pool, err = StartPool(ctx, PoolConfig{Workers: cfg.Workers, Seed: env.set.Seed, ManufacturerDir: cfg.ManufacturerDir,
 		Command: cfg.WorkerCommand, Stderr: cfg.Stderr})
 	if err != nil {
 		return nil, err
 	}
-	defer pool.Close()
-	idRep := IdentityReport{Count: cfg.Devices}
-	if have := len(set.Identities); have < cfg.Devices {
+	env.idRep = IdentityReport{Count: devices}
+	if have := len(env.set.Identities); have < devices {
 		start := time.Now()
-		more, err := CreateIdentities(ctx, pool, set.Fleet, have, cfg.Devices, 4*max(cfg.Workers, 1))
+		more, err := CreateIdentities(ctx, env.pool, env.set.Fleet, have, devices, 4*max(cfg.Workers, 1))
 		if err != nil {
+			env.pool.Close()
 			return nil, fmt.Errorf("making identities: %w", err)
 		}
 		elapsed := time.Since(start)
-		set.Identities = append(set.Identities, more...)
-		idRep.Created, idRep.Seconds = len(more), round3(elapsed.Seconds())
-		idRep.PerSecond = round3(float64(len(more)) / elapsed.Seconds())
+		env.set.Identities = append(env.set.Identities, more...)
+		env.idRep.Created, env.idRep.Seconds = len(more), round3(elapsed.Seconds())
+		env.idRep.PerSecond = round3(float64(len(more)) / elapsed.Seconds())
 		if cfg.IdentitiesFile != "" {
-			if err := set.save(cfg.IdentitiesFile); err != nil {
+			if err := env.set.save(cfg.IdentitiesFile); err != nil {
+				env.pool.Close()
 				return nil, err
 			}
 		}
 	}
+	return env, nil
+}
 
+// run drives ids against serverURL with the transport its scheme names.
+func (env *benchEnv) run(ctx context.Context, cfg *BenchConfig, serverURL string, ids []*Identity) (*Report, error) {
+	u, transport, err := serverTransport(serverURL)
+	if err != nil {
+		return nil, err
+	}
 	serverPID := cfg.ServerPID
 	if serverPID == 0 {
 		if serverPID, err = loopbackServerPID(u); err != nil {
@@ -127,25 +209,32 @@ func Bench(ctx context.Context, cfg BenchConfig) (*Report, error) {
 	}
 
 	run := cfg.Run
-	run.Identities = set.Identities[:cfg.Devices]
-	run.Prover = pool
-	run.Roots = roots
+	run.Identities = ids
+	run.Prover = env.pool
+	run.Roots = env.roots
 	run.ServerPID = serverPID
-	run.DevicePIDs = pool.PIDs()
-	run.ServerName = cfg.ServerURL
+	run.DevicePIDs = env.pool.PIDs()
+	run.ServerName = serverURL
 	if run.Transport == nil {
-		run.TransportName = "https"
-		run.Transport = func(*Identity) (device.Transport, error) {
-			return device.NewHTTPSTransport(cfg.ServerURL, roots, noCertificate{}), nil
+		run.TransportName = transport
+		roots := env.roots
+		switch transport {
+		case TransportHTTPS:
+			run.Transport = func(*Identity) (device.Transport, error) {
+				return device.NewHTTPSTransport(serverURL, roots, noCertificate{}), nil
+			}
+		case TransportMQTT:
+			devURL := cfg.MQTTDeviceURL
+			run.Transport = func(*Identity) (device.Transport, error) {
+				return device.NewMQTTTransport(serverURL, devURL, roots, noCertificate{})
+			}
 		}
 	}
 	rep, err := Run(ctx, run)
 	if rep != nil {
-		rep.Identities = idRep
+		rep.Identities = IdentityReport{Count: len(ids)}
 		rep.Setup.Workers = max(cfg.Workers, 1)
-		if run.TransportName == "https" {
-			rep.Setup.TLS = tlsDesc
-		}
+		rep.Setup.TLS = env.tls[serverURL]
 	}
 	return rep, err
 }

@@ -32,7 +32,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "enroll-bench", Short: "Load and crypto-ceiling benchmarks for enrolld", SilenceUsage: true}
-	root.AddCommand(runCmd(), ceilingCmd(), manufacturerCmd(), workerCmd())
+	root.AddCommand(runCmd(), compareCmd(), ceilingCmd(), manufacturerCmd(), workerCmd())
 	root.SetContext(ctx)
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
@@ -67,7 +67,7 @@ func runCmd() *cobra.Command {
 		Short: "Enroll (and with --renew, re-attest) N simulated devices with concurrency C against a running enrolld",
 		Long: `run makes N device identities (ECC EK with a certificate from the manufacturer in
 --manufacturer-ca, ECDSA AK, P-256 TPM key) in W worker processes, each with a
-software TPM, before timing; then every device enrolls over HTTPS with fresh
+software TPM, before timing; then every device enrolls over HTTPS (or MQTT, below) with fresh
 server nonces and real TPM answers, C at a time. It reports rates, latency
 percentiles, time to ready, retries, errors by code, and the server's CPU and
 RSS from /proc (the server is found by its loopback port, or --server-pid).
@@ -75,7 +75,13 @@ RSS from /proc (the server is found by its loopback port, or --server-pid).
 Start enrolld trusting the manufacturer first:
   enroll-bench manufacturer --dir mfr
   enrolld serve --data-dir d --manufacturer-roots mfr/manufacturer_ca.crt &
-  enroll-bench run --server https://localhost:8443 --root-ca d/ca/root_ca.crt --manufacturer-ca mfr -n 1000`,
+  enroll-bench run --server https://localhost:8443 --root-ca d/ca/root_ca.crt --manufacturer-ca mfr -n 1000
+
+With --server mqtts://HOST:PORT (enrolld --mqtt-listen, or an external broker's
+bootstrap listener with --mqtt-device-server for its mTLS one) every device
+enrolls over MQTT instead: its own connection under its own bootstrap client
+ID, finish answers sealed to its TPM's activation secret. Renewals over MQTT
+also use the bootstrap identity (the TPM key is in a worker process).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "text" && format != "json" {
@@ -120,11 +126,22 @@ Start enrolld trusting the manufacturer first:
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&cfg.ServerURL, "server", "https://localhost:8443", "enrolld base URL")
+	fl.StringVar(&cfg.ServerURL, "server", "https://localhost:8443", "enrolld: https://HOST:PORT, or mqtts://HOST:PORT for MQTT through its broker")
+	benchFlags(cmd, &cfg, &noVerify, &format)
+	fl.BoolVar(&withCeiling, "ceiling", false, "after the run, measure the crypto ceiling and compare")
+	fl.DurationVar(&ceilingTime, "ceiling-time", 500*time.Millisecond, "CPU time per ceiling step")
+	fl.StringVar(&cpuProfile, "cpuprofile", "", "write the load generator's own CPU profile here (device-side cost)")
+	return cmd
+}
+
+// benchFlags are the flags run and compare share.
+func benchFlags(cmd *cobra.Command, cfg *loadgen.BenchConfig, noVerify *bool, format *string) {
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.MQTTDeviceURL, "mqtt-device-server", "", "MQTT broker listener for device certificates when it differs from the bootstrap one (mosquitto); default: the MQTT server")
 	fl.StringVar(&cfg.RootCAFile, "root-ca", "", "enrollment root certificate (PEM), <enrolld data-dir>/ca/root_ca.crt (required)")
 	fl.StringVar(&cfg.ManufacturerDir, "manufacturer-ca", "", "test TPM manufacturer CA directory whose root enrolld trusts; created if missing (required)")
 	fl.StringVar(&cfg.IdentitiesFile, "identities", "", "keep device identities in this file between runs (skips pre-creation next time)")
-	fl.IntVarP(&cfg.Devices, "devices", "n", 100, "number of simulated devices")
+	fl.IntVarP(&cfg.Devices, "devices", "n", 100, "number of simulated devices (per run)")
 	fl.IntVarP(&cfg.Run.Concurrency, "concurrency", "c", 64, "devices in flight at once")
 	fl.IntVar(&cfg.Workers, "workers", runtime.NumCPU(), "worker processes, each with one software TPM")
 	fl.DurationVar(&cfg.Run.Ramp, "ramp", 0, "spread device starts evenly over this time (a boot storm: 10000 devices, --ramp 10s)")
@@ -133,13 +150,68 @@ Start enrolld trusting the manufacturer first:
 	fl.DurationVar(&cfg.Run.PhaseTimeout, "timeout", 10*time.Minute, "bound on each phase")
 	fl.DurationVar(&cfg.Run.RequestTimeout, "request-timeout", 30*time.Second, "bound on each request")
 	fl.IntVar(&cfg.ServerPID, "server-pid", 0, "enrolld's process ID for CPU and RSS (default: the process listening on the loopback port; -1: none)")
-	fl.BoolVar(&noVerify, "no-verify", false, "do not verify the certificate chain and bundle each device receives (saves device-side CPU)")
-	fl.BoolVar(&withCeiling, "ceiling", false, "after the run, measure the crypto ceiling and compare")
-	fl.DurationVar(&ceilingTime, "ceiling-time", 500*time.Millisecond, "CPU time per ceiling step")
-	fl.StringVarP(&format, "output", "o", "text", "text or json")
-	fl.StringVar(&cpuProfile, "cpuprofile", "", "write the load generator's own CPU profile here (device-side cost)")
+	fl.BoolVar(noVerify, "no-verify", false, "do not verify the certificate chain and bundle each device receives (saves device-side CPU)")
+	fl.StringVarP(format, "output", "o", "text", "text or json")
 	cmd.MarkFlagRequired("root-ca")
 	cmd.MarkFlagRequired("manufacturer-ca")
+}
+
+func compareCmd() *cobra.Command {
+	var (
+		cc       loadgen.CompareConfig
+		httpsURL string
+		mqttURL  string
+		format   string
+		noVerify bool
+	)
+	cmd := &cobra.Command{
+		Use:   "compare",
+		Short: "Run the same load over HTTPS and over MQTT against one enrolld, in one invocation, and compare",
+		Long: `compare runs N devices over HTTPS (--https) and N other devices over MQTT
+(--mqtt), --rounds times each in alternating order (HTTPS MQTT, MQTT HTTPS, ...),
+against the same enrolld started with both --listen and --mqtt-listen, and
+prints the medians side by side: enrollments/s, renewals/s (--renew), server CPU
+ms per enrollment, enrollment p99, and the MQTT/HTTPS ratios. Every run enrolls
+devices that no earlier run of this invocation used (N x 2 x rounds identities,
+kept with --identities).
+
+  enrolld serve --data-dir d --listen 127.0.0.1:8443 --mqtt-listen 127.0.0.1:8883 \
+    --manufacturer-roots mfr/manufacturer_ca.crt &
+  enroll-bench compare --https https://localhost:8443 --mqtt mqtts://localhost:8883 \
+    --root-ca d/ca/root_ca.crt --manufacturer-ca mfr -n 1000 -c 32 --rounds 3`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("-o %q: want text or json", format)
+			}
+			for _, u := range []string{httpsURL, mqttURL} {
+				if u != "" {
+					cc.ServerURLs = append(cc.ServerURLs, u)
+				}
+			}
+			if len(cc.ServerURLs) == 0 {
+				return errors.New("give --https, --mqtt or both")
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cc.Bench.WorkerCommand = func() *exec.Cmd { return exec.Command(exe, "worker") }
+			cc.Bench.Stderr = cmd.ErrOrStderr()
+			cc.Bench.Run.Verify = !noVerify
+			cc.Bench.Run.Progress = cmd.ErrOrStderr()
+			c, err := loadgen.Compare(cmd.Context(), cc)
+			if err != nil {
+				return err
+			}
+			return output(cmd.OutOrStdout(), format, c)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&httpsURL, "https", "", "enrolld's HTTPS listener, https://HOST:PORT")
+	fl.StringVar(&mqttURL, "mqtt", "", "enrolld's MQTT broker (bootstrap listener), mqtts://HOST:PORT")
+	fl.IntVar(&cc.Rounds, "rounds", 3, "runs per transport, alternating order; medians are reported")
+	benchFlags(cmd, &cc.Bench, &noVerify, &format)
 	return cmd
 }
 
