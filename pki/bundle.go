@@ -2,6 +2,7 @@ package pki
 
 import (
 	"bytes"
+	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -81,7 +82,13 @@ func (ca *CA) SignBundle(b Bundle) (string, error) {
 			base64.StdEncoding.EncodeToString(signer.Raw),
 			base64.StdEncoding.EncodeToString(ca.intermediate.Raw),
 		})
-	js, err := jose.NewSigner(jose.SigningKey{Algorithm: bundleAlgorithm, Key: ca.bundleKey}, opts)
+	// A key in a KMS is an opaque crypto.Signer, which go-jose signs with
+	// through its OpaqueSigner adapter.
+	var key any = ca.bundleKey
+	if _, ok := key.(*ecdsa.PrivateKey); !ok {
+		key = jose.NewOpaqueSigner(ca.bundleKey)
+	}
+	js, err := jose.NewSigner(jose.SigningKey{Algorithm: bundleAlgorithm, Key: key}, opts)
 	if err != nil {
 		return "", fmt.Errorf("creating bundle signer: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,11 +19,14 @@ import (
 
 // CA is the embedded certificate authority. It is immutable once loaded and
 // safe for concurrent use. Its intermediate and bundle-signing keys are held
-// in memory; the root key stays on disk. Formatting a CA (fmt, log/slog)
-// prints its trust domain and root serial, never a key.
+// in memory, or stay in a KMS (Options.IntermediateKeyURI,
+// BundleSignerKeyURI); the root key stays on disk. Formatting a CA
+// (fmt, log/slog) prints its trust domain and root serial, never a key.
 type CA struct {
 	trustDomain string
 	now         func() time.Time
+	// kms are the KMS connections of keys held in a KMS; Close closes them.
+	kms []*kmsKey
 
 	root            *x509.Certificate
 	intermediate    *x509.Certificate
@@ -41,6 +45,11 @@ type CA struct {
 // fsync, hard link, which never replaces an existing file) and keys get mode
 // 0600.
 //
+// With Options.IntermediateKeyURI or BundleSignerKeyURI set, that key is
+// not a file in dir but a key in a KMS, which must exist: a new CA
+// certifies it, and loading checks it matches its certificate (ErrKMS when
+// it cannot be opened).
+//
 // Loading refuses a key file that group or others can access
 // (ErrKeyPermissions), a directory holding only some of the files
 // (ErrCAIncomplete, naming the missing ones; keys are never regenerated over
@@ -54,7 +63,7 @@ func LoadOrCreateCA(dir string, opts *Options) (*CA, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("%w: ca directory is empty; name a directory", ErrOptions)
 	}
-	present, missing, err := inspectDir(dir)
+	present, missing, err := inspectDir(dir, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +78,13 @@ func LoadOrCreateCA(dir string, opts *Options) (*CA, error) {
 	}
 }
 
-func createCA(dir string, cfg config) (*CA, error) {
+func createCA(dir string, cfg config) (_ *CA, err error) {
+	keys := new(caKeys)
+	defer func() {
+		if err != nil {
+			keys.close()
+		}
+	}()
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("creating ca directory: %w", err)
 	}
@@ -88,7 +103,7 @@ func createCA(dir string, cfg config) (*CA, error) {
 		return nil, fmt.Errorf("creating root certificate: %w", err)
 	}
 
-	interKey, err := newP256Key()
+	interKey, err := keys.newOrOpen(cfg.intermediateKeyURI)
 	if err != nil {
 		return nil, err
 	}
@@ -99,20 +114,27 @@ func createCA(dir string, cfg config) (*CA, error) {
 
 	// The bundle signer lives as long as the intermediate: a device rejects
 	// a bundle whose signer has expired, even one it has cached.
-	signerKey, err := newP256Key()
+	signerKey, err := keys.newOrOpen(cfg.bundleSignerKeyURI)
 	if err != nil {
 		return nil, err
+	}
+	if !isP256(signerKey.Public()) {
+		return nil, fmt.Errorf("%w: the bundle signer key is a %T; bundles are signed with ES256, give an ECDSA P-256 key", ErrKMS, signerKey.Public())
 	}
 	signer, err := x509util.CreateCertificate(bundleSignerProfile(cfg.trustDomain, signerKey.Public(), notBefore, interNotAfter), inter, signerKey.Public(), interKey)
 	if err != nil {
 		return nil, fmt.Errorf("creating bundle signer certificate: %w", err)
 	}
 
-	files, err := encodeCAFiles([]caItem{
-		{name: RootCertFile, cert: root}, {name: RootKeyFile, key: rootKey},
-		{name: IntermediateCertFile, cert: inter}, {name: IntermediateKeyFile, key: interKey},
-		{name: BundleSignerCertFile, cert: signer}, {name: BundleSignerKeyFile, key: signerKey},
-	})
+	items := []caItem{{name: RootCertFile, cert: root}, {name: RootKeyFile, key: rootKey}, {name: IntermediateCertFile, cert: inter}}
+	if cfg.intermediateKeyURI == "" {
+		items = append(items, caItem{name: IntermediateKeyFile, key: interKey})
+	}
+	items = append(items, caItem{name: BundleSignerCertFile, cert: signer})
+	if cfg.bundleSignerKeyURI == "" {
+		items = append(items, caItem{name: BundleSignerKeyFile, key: signerKey})
+	}
+	files, err := encodeCAFiles(items)
 	if err != nil {
 		return nil, err
 	}
@@ -124,10 +146,16 @@ func createCA(dir string, cfg config) (*CA, error) {
 	if err := writeCAFiles(dir, files); err != nil {
 		return nil, err
 	}
-	return newCA(cfg, root, inter, interKey, signer, signerKey), nil
+	return newCA(cfg, keys, root, inter, interKey, signer, signerKey), nil
 }
 
-func loadCA(dir string, cfg config) (*CA, error) {
+func loadCA(dir string, cfg config) (_ *CA, err error) {
+	keys := new(caKeys)
+	defer func() {
+		if err != nil {
+			keys.close()
+		}
+	}()
 	root, err := loadCertificate(dir, RootCertFile)
 	if err != nil {
 		return nil, err
@@ -140,7 +168,7 @@ func loadCA(dir string, cfg config) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	interKey, err := loadKey(dir, IntermediateKeyFile)
+	interKey, err := keys.loadOrOpen(dir, IntermediateKeyFile, cfg.intermediateKeyURI)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +176,7 @@ func loadCA(dir string, cfg config) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	signerKey, err := loadKey(dir, BundleSignerKeyFile)
+	signerKey, err := keys.loadOrOpen(dir, BundleSignerKeyFile, cfg.bundleSignerKeyURI)
 	if err != nil {
 		return nil, err
 	}
@@ -161,29 +189,88 @@ func loadCA(dir string, cfg config) (*CA, error) {
 		{root.IsCA && root.CheckSignatureFrom(root) == nil, RootCertFile + " is not a self-signed CA certificate"},
 		{keyutil.VerifyPair(root.PublicKey, rootKey) == nil, RootKeyFile + " does not match " + RootCertFile},
 		{inter.IsCA && inter.CheckSignatureFrom(root) == nil, IntermediateCertFile + " is not a CA certificate signed by " + RootCertFile},
-		{keyutil.VerifyPair(inter.PublicKey, interKey) == nil, IntermediateKeyFile + " does not match " + IntermediateCertFile},
+		{keyutil.VerifyPair(inter.PublicKey, interKey) == nil, keyName(IntermediateKeyFile, cfg.intermediateKeyURI) + " does not match " + IntermediateCertFile},
 		{!signer.IsCA && signer.CheckSignatureFrom(inter) == nil, BundleSignerCertFile + " is not a leaf certificate signed by " + IntermediateCertFile},
 		{isBundleSigner(signer), BundleSignerCertFile + " is not an ECDSA P-256 code-signing certificate"},
-		{keyutil.VerifyPair(signer.PublicKey, signerKey) == nil, BundleSignerKeyFile + " does not match " + BundleSignerCertFile},
+		{keyutil.VerifyPair(signer.PublicKey, signerKey) == nil, keyName(BundleSignerKeyFile, cfg.bundleSignerKeyURI) + " does not match " + BundleSignerCertFile},
 	}
 	for _, c := range checks {
 		if !c.ok {
 			return nil, fmt.Errorf("%w: in %s: %s", ErrCACorrupt, dir, c.what)
 		}
 	}
-	return newCA(cfg, root, inter, interKey, signer, signerKey), nil
+	return newCA(cfg, keys, root, inter, interKey, signer, signerKey), nil
 }
 
-func newCA(cfg config, root, inter *x509.Certificate, interKey crypto.Signer, signer *x509.Certificate, signerKey crypto.Signer) *CA {
+func newCA(cfg config, keys *caKeys, root, inter *x509.Certificate, interKey crypto.Signer, signer *x509.Certificate, signerKey crypto.Signer) *CA {
 	return &CA{
 		trustDomain:     cfg.trustDomain,
 		now:             cfg.now,
+		kms:             keys.kms,
 		root:            root,
 		intermediate:    inter,
 		intermediateKey: interKey,
 		bundleSigner:    signer,
 		bundleKey:       signerKey,
 	}
+}
+
+// caKeys collects the KMS connections opened while creating or loading a
+// CA, so a failure closes them.
+type caKeys struct{ kms []*kmsKey }
+
+// newOrOpen opens the key rawURI names, or generates a P-256 key when it
+// is "".
+func (k *caKeys) newOrOpen(rawURI string) (crypto.Signer, error) {
+	if rawURI == "" {
+		return newP256Key()
+	}
+	key, err := openKMSKey(rawURI)
+	if err != nil {
+		return nil, err
+	}
+	k.kms = append(k.kms, key)
+	return key.signer, nil
+}
+
+// loadOrOpen opens the key rawURI names, or loads the key file name from
+// dir when it is "".
+func (k *caKeys) loadOrOpen(dir, name, rawURI string) (crypto.Signer, error) {
+	if rawURI == "" {
+		return loadKey(dir, name)
+	}
+	return k.newOrOpen(rawURI)
+}
+
+func (k *caKeys) close() {
+	for _, key := range k.kms {
+		_ = key.manager.Close()
+	}
+}
+
+// Close closes the CA's KMS connections (a no-op for keys in files and
+// softkms). The CA must not be used afterwards.
+func (ca *CA) Close() error {
+	var errs []error
+	for _, key := range ca.kms {
+		if err := key.manager.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing kms of %s: %w", redactURI(key.uri), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// keyName names a key in errors: its file, or its KMS URI without secrets.
+func keyName(file, rawURI string) string {
+	if rawURI == "" {
+		return file
+	}
+	return "the key at " + redactURI(rawURI)
+}
+
+func isP256(pub crypto.PublicKey) bool {
+	k, ok := pub.(*ecdsa.PublicKey)
+	return ok && k.Curve == elliptic.P256()
 }
 
 // isBundleSigner reports whether cert has the bundle-signing profile

@@ -24,10 +24,12 @@
 //
 // # What pki never does
 //
-// It does no network I/O, keeps no global state and never logs: private keys
-// never leave the CA directory (files of mode 0600) except as crypto.Signer
-// values held in memory (or stay in a KMS, see Options), and a CA formats
-// without its keys. Two Issuer backends exist: the embedded CA here, and
+// It does no network I/O of its own, keeps no global state and never logs.
+// Private keys live in the CA directory (files of mode 0600) or in a KMS
+// (Options.IntermediateKeyURI and BundleSignerKeyURI: softkms, or PKCS#11
+// in builds with -tags pkcs11) and leave it only as crypto.Signer values
+// held in memory; a CA formats without its keys. RotateIntermediate
+// replaces the intermediate under the same root. Two Issuer backends exist: the embedded CA here, and
 // package pki/stepca, which asks an operator's step-ca and keeps
 // smallstep's code out of this package and out of the device agent.
 package pki

@@ -23,6 +23,19 @@ type Options struct {
 	// DefaultRootLifetime (10 years) and DefaultIntermediateLifetime
 	// (5 years). The intermediate never outlives the root.
 	RootLifetime, IntermediateLifetime time.Duration
+
+	// IntermediateKeyURI and BundleSignerKeyURI, if set, name the
+	// intermediate's and the bundle signer's private keys in a KMS
+	// (go.step.sm/crypto/kms) instead of the files intermediate_ca.key and
+	// bundle_signer.key in the CA directory, which must then be absent:
+	//   - softkms:path=/srv/keys/intermediate.key, a PEM key file kept
+	//     elsewhere (another volume, a tmpfs filled at boot), mode 0600,
+	//     unencrypted (pki never prompts);
+	//   - pkcs11:module-path=...;token=...;id=...?pin-value=..., a key in
+	//     an HSM, in builds with cgo and -tags pkcs11.
+	// The key must exist: a new CA certifies it, and loading checks it
+	// matches its certificate. The bundle signer key must be ECDSA P-256.
+	IntermediateKeyURI, BundleSignerKeyURI string
 }
 
 // DefaultOptions returns the options used when nil is passed.
@@ -41,6 +54,8 @@ type config struct {
 	now                  func() time.Time
 	rootLifetime         time.Duration
 	intermediateLifetime time.Duration
+	intermediateKeyURI   string
+	bundleSignerKeyURI   string
 }
 
 // buildConfig applies defaults to opts and reports every invalid field at
@@ -55,6 +70,8 @@ func buildConfig(opts *Options) (config, error) {
 		now:                  opts.Now,
 		rootLifetime:         orDefault(opts.RootLifetime, def.RootLifetime),
 		intermediateLifetime: orDefault(opts.IntermediateLifetime, def.IntermediateLifetime),
+		intermediateKeyURI:   opts.IntermediateKeyURI,
+		bundleSignerKeyURI:   opts.BundleSignerKeyURI,
 	}
 	if c.now == nil {
 		c.now = def.Now
@@ -72,6 +89,15 @@ func buildConfig(opts *Options) (config, error) {
 	}
 	if c.intermediateLifetime > c.rootLifetime {
 		errs = append(errs, fmt.Errorf("intermediate lifetime %s exceeds root lifetime %s; shorten it", c.intermediateLifetime, c.rootLifetime))
+	}
+	if err := validateKeyURI("intermediate key URI", c.intermediateKeyURI); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateKeyURI("bundle signer key URI", c.bundleSignerKeyURI); err != nil {
+		errs = append(errs, err)
+	}
+	if c.intermediateKeyURI != "" && c.intermediateKeyURI == c.bundleSignerKeyURI {
+		errs = append(errs, errors.New("intermediate and bundle signer key URIs name the same key; give each its own key"))
 	}
 	if len(errs) > 0 {
 		return config{}, fmt.Errorf("%w: %w", ErrOptions, errors.Join(errs...))

@@ -33,18 +33,34 @@ const (
 	certMode fs.FileMode = 0o644
 )
 
-// caFileNames lists the CA files in the order they are written and reported.
-func caFileNames() []string {
-	return []string{
-		RootCertFile, RootKeyFile,
-		IntermediateCertFile, IntermediateKeyFile,
-		BundleSignerCertFile, BundleSignerKeyFile,
+// caFileNames lists the CA files in the order they are written and
+// reported: all six, less the key files whose keys cfg keeps in a KMS.
+func caFileNames(cfg config) []string {
+	names := []string{RootCertFile, RootKeyFile, IntermediateCertFile}
+	if cfg.intermediateKeyURI == "" {
+		names = append(names, IntermediateKeyFile)
 	}
+	names = append(names, BundleSignerCertFile)
+	if cfg.bundleSignerKeyURI == "" {
+		names = append(names, BundleSignerKeyFile)
+	}
+	return names
 }
 
-// inspectDir reports which CA files exist in dir. A missing dir has none.
-func inspectDir(dir string) (present, missing []string, err error) {
-	for _, name := range caFileNames() {
+// inspectDir reports which of the CA files cfg expects exist in dir. A
+// missing dir has none. A key file next to a KMS URI for the same key is
+// an error (ErrOptions): a key lives in one place.
+func inspectDir(dir string, cfg config) (present, missing []string, err error) {
+	for _, kms := range []struct{ uri, file string }{{cfg.intermediateKeyURI, IntermediateKeyFile}, {cfg.bundleSignerKeyURI, BundleSignerKeyFile}} {
+		if kms.uri == "" {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(dir, kms.file)); err == nil {
+			return nil, nil, fmt.Errorf("%w: %s holds %s, and its key URI names a KMS key; a key lives in one place: move the file into the KMS (and off this disk), or drop the URI",
+				ErrOptions, dir, kms.file)
+		}
+	}
+	for _, name := range caFileNames(cfg) {
 		_, err := os.Lstat(filepath.Join(dir, name))
 		switch {
 		case err == nil:

@@ -13,18 +13,20 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/daemon"
 	"github.com/edgeenroll/edgeenroll/pki"
+	"github.com/edgeenroll/edgeenroll/pki/stepca"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "enrolld", Short: "TPM-attested enrollment server", SilenceUsage: true}
-	root.AddCommand(serveCmd(), brokerCertCmd())
+	root.AddCommand(serveCmd(), brokerCertCmd(), caCmd())
 	root.SetContext(ctx)
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
@@ -69,7 +71,62 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&cfg.CRLLifetime, "crl-lifetime", enrollserver.DefaultCRLLifetime, "nextUpdate - thisUpdate of the CRL (GET /v1/crl, <data-dir>/crl.der); re-signed every quarter of it and at every revocation")
 	fl.IntSliceVar(&cfg.PCRs, "pcrs", enrollserver.DefaultPCRs, "SHA-256 PCRs every enrollment quotes; must include the firmware PCRs 0-7, and every PCR devices' event logs measure (a group's --require-pcrs are added)")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&cfg.Issuer.Kind, "issuer", daemon.IssuerEmbedded, "who issues device certificates: embedded (enrolld's CA) or stepca (an existing step-ca; see --stepca-*); bundles are always signed by enrolld's CA")
+	fl.StringVar(&cfg.Issuer.StepCA.URL, "stepca-url", "", "https://HOST:PORT of the step-ca (HOST must be one of its dnsNames)")
+	fl.StringVar(&cfg.Issuer.StepCA.RootFile, "stepca-root", "", "PEM root certificate of the step-ca; devices must trust it too")
+	fl.StringVar(&cfg.Issuer.StepCA.Provisioner, "stepca-provisioner", "", "name of the step-ca's JWK provisioner enrolld signs one-time tokens for")
+	fl.StringVar(&cfg.Issuer.StepCA.ProvisionerKeyFile, "stepca-provisioner-key", "", "the provisioner's private key: a JWK file, usually encrypted (step crypto jwk create)")
+	fl.StringVar(&cfg.Issuer.StepCA.ProvisionerPasswordFile, "stepca-provisioner-password-file", "", "file holding the password of --stepca-provisioner-key")
+	fl.DurationVar(&cfg.Issuer.StepCA.Timeout, "stepca-timeout", stepca.DefaultTimeout, "bound on each call to the step-ca")
+	caKeyFlags(fl, &cfg.Issuer)
 	cmd.PreRun = func(*cobra.Command, []string) { cfg.OpenMode = !*closed }
+	return cmd
+}
+
+// caKeyFlags are the flags naming CA keys held in a KMS.
+func caKeyFlags(fl *pflag.FlagSet, c *daemon.IssuerConfig) {
+	fl.StringVar(&c.IntermediateKeyURI, "intermediate-key-uri", "", "the CA's intermediate key is in a KMS, not in <data-dir>/ca: softkms:path=/FILE (PEM, 0600) or pkcs11:... (builds with -tags pkcs11)")
+	fl.StringVar(&c.BundleSignerKeyURI, "bundle-signer-key-uri", "", "the bundle signer's key (ECDSA P-256) is in a KMS, not in <data-dir>/ca")
+}
+
+func caCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ca", Short: "Manage enrolld's certificate authority"}
+	cmd.AddCommand(rotateIntermediateCmd())
+	return cmd
+}
+
+func rotateIntermediateCmd() *cobra.Command {
+	var dataDir string
+	var keys daemon.IssuerConfig
+	var next pki.RotateOptions
+	cmd := &cobra.Command{
+		Use:   "rotate-intermediate",
+		Short: "Replace the CA's intermediate and bundle signer with new ones under the same root; devices keep working",
+		Long: `Creates a new intermediate certificate signed by the unchanged root, and a new bundle
+signer certificate under it. Devices trust the root, so none re-enrolls: certificates issued
+before keep verifying until they expire; new ones chain through the new intermediate.
+The replaced files are kept in <data-dir>/ca/archive/<time>/. Restart enrolld afterwards.`,
+		Example: `  enrolld ca rotate-intermediate --data-dir /var/lib/enrolld
+  enrolld ca rotate-intermediate --data-dir /var/lib/enrolld \
+      --intermediate-key-uri softkms:path=/srv/keys/intermediate-2026.key --new-intermediate-key-uri softkms:path=/srv/keys/intermediate-2027.key`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rot, err := daemon.RotateIntermediate(dataDir, keys, &next)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new intermediate serial %x, valid until %s (was %x)\nnew bundle signer serial %x\nreplaced files archived in %s (delete the archived keys once the new intermediate is in service)\nrestart enrolld to use it\n",
+				rot.NewIntermediate.SerialNumber, rot.NewIntermediate.NotAfter.UTC().Format(time.RFC3339), rot.OldIntermediate.SerialNumber,
+				rot.NewBundleSigner.SerialNumber, rot.Archive)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&dataDir, "data-dir", "enrolld-data", "enrolld's state directory")
+	caKeyFlags(fl, &keys)
+	fl.StringVar(&next.IntermediateKeyURI, "new-intermediate-key-uri", "", "KMS URI of the new intermediate's key (a new key); default a new key file in <data-dir>/ca")
+	fl.StringVar(&next.BundleSignerKeyURI, "new-bundle-signer-key-uri", "", "KMS URI of the bundle signer's key after the rotation (may be the current one); default a new key file in <data-dir>/ca")
+	fl.DurationVar(&next.IntermediateLifetime, "intermediate-lifetime", pki.DefaultIntermediateLifetime, "lifetime of the new intermediate (never beyond the root)")
 	return cmd
 }
 

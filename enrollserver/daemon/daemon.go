@@ -75,7 +75,10 @@ type Config struct {
 	CRLLifetime       time.Duration
 	// PCRs are the SHA-256 PCRs every enrollment quotes (nil:
 	// enrollserver.DefaultPCRs); groups may require more.
-	PCRs   []int
+	PCRs []int
+	// Issuer selects who issues device certificates (the embedded CA or
+	// a step-ca) and where the CA keeps its keys (issuer.go).
+	Issuer IssuerConfig
 	Logger *slog.Logger
 	// Ready, if set, receives the bound address once serving.
 	Ready chan<- string
@@ -106,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.TrustDomain != "" {
 		caOpts.TrustDomain = cfg.TrustDomain
 	}
-	ca, err := pki.LoadOrCreateCA(caDir(cfg.DataDir), caOpts)
+	ca, err := pki.LoadOrCreateCA(caDir(cfg.DataDir), cfg.Issuer.caOptions(caOpts))
 	if err != nil {
 		return err
 	}
@@ -134,11 +137,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer st.Close()
+	issuer, err := newIssuer(ctx, cfg.Issuer, ca, st, log)
+	if err != nil {
+		return err
+	}
+	defer issuer.close()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := enrollserver.New(enrollserver.Config{
-		Store: st, CA: ca, ManufacturerRoots: roots,
+		Store: st, CA: ca, Issuer: issuer.Issuer, ManufacturerRoots: roots,
 		LeafLifetime: cfg.LeafLifetime, SessionTTL: cfg.SessionTTL,
 		Bundles:      enrollserver.StaticBundle{Version: version, Config: bundleCfg},
 		DefaultGroup: cfg.DefaultGroup, DefaultAdmission: cfg.DefaultAdmission, OpenMode: cfg.OpenMode,
@@ -169,8 +177,9 @@ func Run(ctx context.Context, cfg Config) error {
 		// Client certificates are optional at the handshake (devices
 		// enroll without one) and verified against our root when given;
 		// handlers that need one refuse calls without.
-		ClientAuth: tls.VerifyClientCertIfGiven,
-		ClientCAs:  ca.RootPool(),
+		ClientAuth:       tls.VerifyClientCertIfGiven,
+		ClientCAs:        issuer.clientCAs,
+		VerifyConnection: issuer.verifyClient,
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
