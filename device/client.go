@@ -111,6 +111,10 @@ func newHTTPClient(base string, roots *x509.CertPool, getCert func(*tls.Certific
 			RootCAs:              roots,
 			MinVersion:           tls.VersionTLS13,
 			GetClientCertificate: getCert,
+			// Resume TLS sessions across reconnects (a flaky link, a
+			// renewal a day later): a resumed handshake skips the
+			// server's signature and certificate verification.
+			ClientSessionCache: tls.NewLRUClientSessionCache(4),
 		},
 		ForceAttemptHTTP2:     true,
 		MaxIdleConnsPerHost:   1,
