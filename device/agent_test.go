@@ -414,3 +414,24 @@ func TestApplyPushedBundle(t *testing.T) {
 		t.Errorf("stored version %d, want 6", e.BundleVersion)
 	}
 }
+
+// TestWhoamiAfterRenewal: after a renewal the mTLS call presents the new
+// certificate, not a connection made with the old one.
+func TestWhoamiAfterRenewal(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	a := newAgent(t, newServer(t, ca, nil, mfr, 1, nil), tpmDir, filepath.Join(t.TempDir(), "agent.db"))
+	for i := range 2 {
+		res, err := a.Enroll(context.Background(), once)
+		if err != nil {
+			t.Fatal(err)
+		}
+		who, err := a.Whoami(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if who.Serial != res.Leaf.SerialNumber.Text(16) {
+			t.Errorf("enrollment %d: whoami saw certificate %s, want the new %s", i, who.Serial, res.Leaf.SerialNumber.Text(16))
+		}
+	}
+}

@@ -51,6 +51,12 @@ type PushTransport interface {
 	Pushes() <-chan string
 }
 
+// certificateObserver is a transport that must hear when the device's
+// certificate changes, to stop using connections made with the old one.
+type certificateObserver interface {
+	CertificateChanged()
+}
+
 // SealKeyFunc returns the sealing key of the session being finished.
 type SealKeyFunc func() ([]byte, error)
 
@@ -92,6 +98,9 @@ func (t *httpsTransport) Whoami(ctx context.Context, corr string) (*api.WhoamiRe
 	return &resp, t.mtls.do(ctx, http.MethodGet, api.PathWhoami, corr, nil, &resp)
 }
 
+// CertificateChanged drops mTLS connections made with the old certificate.
+func (t *httpsTransport) CertificateChanged() { t.mtls.close() }
+
 func (t *httpsTransport) Close() error {
 	t.plain.close()
 	t.mtls.close()
@@ -111,16 +120,20 @@ func newHTTPClient(base string, roots *x509.CertPool, getCert func(*tls.Certific
 			RootCAs:              roots,
 			MinVersion:           tls.VersionTLS13,
 			GetClientCertificate: getCert,
-			// Resume TLS sessions across reconnects (a flaky link, a
-			// renewal a day later): a resumed handshake skips the
-			// server's signature and certificate verification.
-			ClientSessionCache: tls.NewLRUClientSessionCache(4),
 		},
 		ForceAttemptHTTP2:     true,
 		MaxIdleConnsPerHost:   1,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
+	}
+	if getCert == nil {
+		// Resume TLS sessions across reconnects (a flaky link, a renewal
+		// a day later): a resumed handshake skips the server's signature
+		// and certificate verification. Not for mTLS, where a resumed
+		// session would carry the identity of the certificate it began
+		// with.
+		tr.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 	}
 	return &httpClient{base: base, client: &http.Client{Transport: tr}}
 }

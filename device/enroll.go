@@ -170,6 +170,9 @@ func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storing enrollment: %w", err)
 	}
+	if o, ok := a.server.(certificateObserver); ok {
+		o.CertificateChanged()
+	}
 	if !res.BundleAccepted {
 		log.Warn("server sent an older config bundle than the one stored; kept the stored one", "offered_version", res.Bundle.Version)
 	}

@@ -84,6 +84,17 @@ type mqttTransport struct {
 // Listen keeps it connected. Unverified: the agent checks each.
 func (t *mqttTransport) Pushes() <-chan string { return t.pushes }
 
+// CertificateChanged makes the next request reconnect, so the broker sees
+// the new certificate.
+func (t *mqttTransport) CertificateChanged() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.client != nil {
+		t.client.Disconnect(0)
+		t.client = nil
+	}
+}
+
 // Listen keeps a connection under the device identity open while the
 // device holds a valid certificate, so pushes arrive, reconnecting with
 // capped backoff until ctx ends.
