@@ -32,7 +32,7 @@ func (s *Server) admit(ctx context.Context, sess *store.Session, req *api.BeginR
 	trustedEK := false
 	if len(req.EKCertificate) > 0 {
 		if s.cfg.ManufacturerRoots == nil {
-			certErr = errors.New("no manufacturer roots are configured")
+			certErr = api.Errorf(api.CodeEKUntrusted, "the EK certificate cannot be checked: this server trusts no TPM manufacturer root (enrolld --manufacturer-roots); configure the vendor's root or pre-register the device")
 		} else {
 			var info *attest.EKCertificateInfo
 			info, certErr = attest.VerifyEKCertificate(req.EKCertificate, ekPub, s.cfg.ManufacturerRoots, s.cfg.ManufacturerIntermediates, now)

@@ -573,3 +573,32 @@ func TestRefusals(t *testing.T) {
 func deviceID(ekDER []byte) string {
 	return fmt.Sprintf("%x", sha256.Sum256(ekDER))
 }
+
+// TestNoManufacturerRoots: a server that trusts no vendor refuses an EK
+// certificate as untrusted (not as a malformed request), saying what to do.
+func TestNoManufacturerRoots(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfr, err := tpmsim.NewManufacturer("vendor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDevice(t, mfr)
+	_, err = srv.Begin(context.Background(), "c", d.begin())
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeEKUntrusted || !strings.Contains(ae.Message, "--manufacturer-roots") {
+		t.Fatalf("got %v, want ek_untrusted naming --manufacturer-roots", err)
+	}
+}

@@ -581,6 +581,10 @@ func (s *Server) PurgeExpiredSessions(ctx context.Context) (int, error) {
 
 // refuse maps an attest verdict to its wire code and counts it.
 func (s *Server) refuse(err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
 	var ve *attest.VerificationError
 	if !errors.As(err, &ve) {
 		return api.Errorf(api.CodeBadRequest, "%v", err)
