@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/url"
 	"sync"
@@ -107,7 +108,10 @@ func (t *mqttTransport) Listen(ctx context.Context) {
 			_, _, err := t.connect(cctx)
 			cancel()
 			if err != nil {
-				wait, backoff = backoff, min(2*backoff, time.Minute)
+				// Full jitter, so a fleet that lost its broker does not
+				// come back in lockstep.
+				wait = time.Duration(mrand.Int64N(int64(backoff))) + 100*time.Millisecond
+				backoff = min(2*backoff, time.Minute)
 			} else {
 				wait, backoff = 5*time.Second, time.Second
 			}
