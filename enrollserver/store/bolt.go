@@ -390,20 +390,29 @@ func (s *Bolt) get(ctx context.Context, bucket []byte, key string, v any) error 
 // forEach decodes each value of bucket as T and calls fn until it returns
 // false. It checks ctx between records so a long listing can be cancelled.
 func forEach[T any](ctx context.Context, db *bolt.DB, bucket []byte, fn func(*T) bool) error {
-	return db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucket).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			rec := new(T)
-			if err := json.Unmarshal(v, rec); err != nil {
-				return fmt.Errorf("decoding %s/%s: %w", bucket, k, err)
-			}
-			if !fn(rec) {
-				return nil
-			}
+	return db.View(func(tx *bolt.Tx) error { return scanAfter(ctx, tx.Bucket(bucket), "", fn) })
+}
+
+// scanAfter decodes each value of b whose key sorts after `after` ("" for
+// all) as T and calls fn until it returns false, checking ctx between
+// records so a long listing can be cancelled.
+func scanAfter[T any](ctx context.Context, b *bolt.Bucket, after string, fn func(*T) bool) error {
+	c := b.Cursor()
+	k, v := c.First()
+	if after != "" {
+		k, v = c.Seek(append([]byte(after), 0))
+	}
+	for ; k != nil; k, v = c.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		return nil
-	})
+		rec := new(T)
+		if err := json.Unmarshal(v, rec); err != nil {
+			return fmt.Errorf("decoding %s: %w", k, err)
+		}
+		if !fn(rec) {
+			return nil
+		}
+	}
+	return nil
 }

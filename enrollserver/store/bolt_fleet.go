@@ -370,26 +370,7 @@ func (s *Bolt) DevicesByStatus(ctx context.Context, status DeviceStatus, after s
 
 // DevicesAfter implements Store.
 func (s *Bolt) DevicesAfter(ctx context.Context, after string, fn func(*Device) bool) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketDevices).Cursor()
-		k, v := c.First()
-		if after != "" {
-			k, v = c.Seek(append([]byte(after), 0))
-		}
-		for ; k != nil; k, v = c.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			d := new(Device)
-			if err := json.Unmarshal(v, d); err != nil {
-				return fmt.Errorf("decoding device %s: %w", k, err)
-			}
-			if !fn(d) {
-				return nil
-			}
-		}
-		return nil
-	})
+	return s.db.View(func(tx *bolt.Tx) error { return scanAfter(ctx, tx.Bucket(bucketDevices), after, fn) })
 }
 
 // PurgeExpiredPending implements Store.
@@ -435,24 +416,7 @@ func (s *Bolt) Certificates(ctx context.Context, deviceID, after string, fn func
 	return s.db.View(func(tx *bolt.Tx) error {
 		certs := tx.Bucket(bucketCerts)
 		if deviceID == "" {
-			c := certs.Cursor()
-			k, v := c.First()
-			if after != "" {
-				k, v = c.Seek(append([]byte(after), 0))
-			}
-			for ; k != nil; k, v = c.Next() {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				rec := new(IssuedCertificate)
-				if err := json.Unmarshal(v, rec); err != nil {
-					return fmt.Errorf("decoding certificate %s: %w", k, err)
-				}
-				if !fn(rec) {
-					return nil
-				}
-			}
-			return nil
+			return scanAfter(ctx, certs, after, fn)
 		}
 		prefix := []byte(deviceID + "/")
 		start := prefix
