@@ -10,6 +10,8 @@ import (
 
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/x509util"
+
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 )
 
 // ArchiveDir is the directory inside a CA directory where
@@ -179,7 +181,7 @@ func RotateIntermediate(dir string, opts *Options, next *RotateOptions) (_ *Rota
 		return nil, err
 	}
 	for _, f := range files {
-		if err := replaceFile(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return nil, fmt.Errorf("%w; the rotation is half done: copy the files of %s back into %s to restore the old CA", err, archive, dir)
 		}
 	}
@@ -199,32 +201,4 @@ func RotateIntermediate(dir string, opts *Options, next *RotateOptions) (_ *Rota
 		OldBundleSigner: old.bundleSigner, NewBundleSigner: signer,
 		Archive: archive,
 	}, nil
-}
-
-// replaceFile writes data to a temporary file next to path, fsyncs it and
-// renames it over path.
-func replaceFile(path string, data []byte, perm os.FileMode) error {
-	dir, name := filepath.Split(path)
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("creating temporary file for %s: %w", name, err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	if err := tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("setting mode of %s: %w", name, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", name, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", name, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing %s: %w", name, err)
-	}
-	return nil
 }

@@ -339,32 +339,38 @@ func countPrefix(b *bolt.Bucket, prefix []byte) int {
 	return n
 }
 
+// scanIndex walks the keys of index under prefix from start; each key's
+// rest after prefix names a record in data, decoded as T and passed to fn
+// until it returns false. A key naming a missing record is corruption.
+func scanIndex[T any](ctx context.Context, index *bolt.Bucket, prefix, start []byte, data *bolt.Bucket, fn func(*T) bool) error {
+	c := index.Cursor()
+	for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rec, err := getJSON[T](data, k[len(prefix):])
+		if err != nil {
+			return err
+		}
+		if rec == nil {
+			return fmt.Errorf("index %q names %s, which is missing", k[:len(prefix)], k[len(prefix):])
+		}
+		if !fn(rec) {
+			return nil
+		}
+	}
+	return nil
+}
+
 // DevicesByStatus implements Store.
 func (s *Bolt) DevicesByStatus(ctx context.Context, status DeviceStatus, after string, fn func(*Device) bool) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		prefix := []byte(string(status) + "/")
-		devices := tx.Bucket(bucketDevices)
-		c := tx.Bucket(bucketStatusIndex).Cursor()
 		start := prefix
 		if after != "" {
 			start = append(statusKey(status, after), 0)
 		}
-		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			d, err := getJSON[Device](devices, k[len(prefix):])
-			if err != nil {
-				return err
-			}
-			if d == nil {
-				return fmt.Errorf("status index names device %s, which is missing", k[len(prefix):])
-			}
-			if !fn(d) {
-				return nil
-			}
-		}
-		return nil
+		return scanIndex(ctx, tx.Bucket(bucketStatusIndex), prefix, start, tx.Bucket(bucketDevices), fn)
 	})
 }
 
@@ -423,20 +429,7 @@ func (s *Bolt) Certificates(ctx context.Context, deviceID, after string, fn func
 		if after != "" {
 			start = append(deviceCertKey(deviceID, after), 0)
 		}
-		c := tx.Bucket(bucketDeviceCerts).Cursor()
-		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			rec, err := getJSON[IssuedCertificate](certs, k[len(prefix):])
-			if err != nil {
-				return err
-			}
-			if rec == nil {
-				return fmt.Errorf("index names certificate %s, which is missing", k[len(prefix):])
-			}
-			if !fn(rec) {
-				return nil
-			}
-		}
-		return nil
+		return scanIndex(ctx, tx.Bucket(bucketDeviceCerts), prefix, start, certs, fn)
 	})
 }
 
