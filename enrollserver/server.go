@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
@@ -133,10 +134,13 @@ type Server struct {
 	seal    *sealKeys
 	// configWatchers hear about every new config version (push).
 	configWatchers []func(ConfigChange)
-	finish         singleflight.Group
-	crl            crlState
-	refusal        *tokenBucket
-	replays        *replayCache
+	// followingConfigs is set while FollowConfigChanges relays a shared
+	// store's config versions; local puts then leave notifying to it.
+	followingConfigs atomic.Bool
+	finish           singleflight.Group
+	crl              crlState
+	refusal          *tokenBucket
+	replays          *replayCache
 }
 
 // New validates cfg and returns a Server.

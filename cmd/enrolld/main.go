@@ -91,7 +91,37 @@ func caKeyFlags(fl *pflag.FlagSet, c *daemon.IssuerConfig) {
 
 func caCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "ca", Short: "Manage enrolld's certificate authority"}
-	cmd.AddCommand(rotateIntermediateCmd())
+	cmd.AddCommand(initCACmd(), rotateIntermediateCmd())
+	return cmd
+}
+
+func initCACmd() *cobra.Command {
+	var dataDir, trustDomain string
+	var keys daemon.IssuerConfig
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the CA in <data-dir>/ca (or show the one there); servers sharing a store copy this directory",
+		Long: `Creates enrolld's CA (root, intermediate, bundle signer) once, before the first start.
+One enrolld creates it on first start anyway; several enrolld sharing an etcd store
+(--store etcd://...) refuse to, since all must sign with the same CA: create it here and
+copy <data-dir>/ca to each server's data directory (keys stay mode 0600), or keep the
+intermediate and bundle-signer keys in a KMS every server reaches.`,
+		Example: `  enrolld ca init --data-dir /var/lib/enrolld
+  rsync -a /var/lib/enrolld/ca/ enroll-b:/var/lib/enrolld/ca/`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			root, fp, err := daemon.InitCA(dataDir, trustDomain, keys)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "root certificate %s\nsha256 fingerprint %s\n", root, fp)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&dataDir, "data-dir", "enrolld-data", "enrolld's state directory")
+	fl.StringVar(&trustDomain, "trust-domain", pki.DefaultOptions().TrustDomain, "trust domain in device certificate URI SANs")
+	caKeyFlags(fl, &keys)
 	return cmd
 }
 
