@@ -19,14 +19,23 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 )
 
 // Options configure the handler.
 type Options struct {
 	Logger *slog.Logger
 	// MaxInFlight bounds begin and finish requests handled at once; more
-	// are answered 429 busy with Retry-After. 0 means DefaultMaxInFlight.
+	// wait in a bounded priority queue, and beyond it are answered 429
+	// busy with a Retry-After (see shedder). 0 means
+	// admission.DefaultSlots(). Ignored when Admission is set.
 	MaxInFlight int
+	// Admission, if set, admits begin and finish (to share one budget
+	// with the MQTT adapter); nil builds one from MaxInFlight.
+	Admission *admission.Controller
+	// Registerer receives the admission metrics of a controller built
+	// here; nil means Gatherer when it is also a Registerer.
+	Registerer prometheus.Registerer
 	// Gatherer serves /metrics; nil serves none.
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
@@ -40,9 +49,9 @@ func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
 	}
 	h := &handler{srv: srv, opts: opts}
 	mux := http.NewServeMux()
-	shed := newShedder(opts.MaxInFlight)
-	mux.HandleFunc("POST "+api.PathBegin, shed.wrap(h.begin))
-	mux.HandleFunc("POST "+api.PathFinish, shed.wrap(h.finish))
+	shed := newShedder(srv, opts)
+	mux.HandleFunc("POST "+api.PathBegin, shed.wrap(h.begin, false))
+	mux.HandleFunc("POST "+api.PathFinish, shed.wrap(h.finish, true))
 	mux.HandleFunc("GET "+api.PathWhoami, h.whoami)
 	mux.HandleFunc("GET "+api.PathCRL, h.crl)
 	h.registerAdmin(mux)

@@ -1,43 +1,115 @@
 package httpapi
 
 import (
+	"errors"
+	"net"
 	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
+	"github.com/edgeenroll/edgeenroll/pki"
 )
 
-// DefaultMaxInFlight bounds enrollment requests (begin, finish) handled at
-// once. One enrollment costs a few milliseconds of CPU; beyond a few
-// hundred in flight a 2-core server only queues, growing memory and every
-// device's latency, so it answers 429 with Retry-After instead and devices
-// back off with jitter.
-const DefaultMaxInFlight = 256
-
-// shedRetryAfter is the Retry-After, in seconds, of a shed request.
-const shedRetryAfter = 1
-
-// shedder admits at most cap(slots) requests at once and refuses the rest
-// at once, without queueing.
+// shedder puts begin and finish behind an admission.Controller: a bounded
+// number in flight, a bounded priority queue, a token bucket per client,
+// and 429 busy with a Retry-After for the rest.
+//
+// A request is classified from what the TLS handshake verified, before its
+// body is read (so a queued request holds no decoded evidence, and its body
+// is read within the server's ReadTimeout once admitted):
+//   - a client presenting a device certificate of this CA over mTLS is a
+//     renewal, urgent when the certificate is near its end
+//     (admission.RenewalClass); its client key is the device ID;
+//   - any other client is a first enrollment keyed by its peer address
+//     (RemoteAddr: behind a proxy, every client is the proxy);
+//   - finish continues a begun session and goes before begins of its
+//     class. A client cannot gain from calling finish falsely: a finish
+//     of no live session is refused right after admission, and it is
+//     still charged to the client's bucket.
 type shedder struct {
-	slots chan struct{}
+	ctrl *admission.Controller
+	td   string
+	now  func() time.Time
 }
 
-func newShedder(max int) *shedder {
-	if max <= 0 {
-		max = DefaultMaxInFlight
+// newShedder uses opts.Admission, or builds a controller with
+// opts.MaxInFlight slots and the admission defaults, registering its
+// metrics (transport="https") on opts.Registerer, or on opts.Gatherer when
+// that is also a Registerer (a *prometheus.Registry).
+func newShedder(srv *enrollserver.Server, opts Options) *shedder {
+	s := &shedder{ctrl: opts.Admission, td: srv.TrustDomain(), now: time.Now}
+	if s.ctrl != nil {
+		return s
 	}
-	return &shedder{slots: make(chan struct{}, max)}
-}
-
-func (s *shedder) wrap(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case s.slots <- struct{}{}:
-			defer func() { <-s.slots }()
-			next(w, r)
-		default:
-			writeError(w, correlationID(r), &api.Error{Code: api.CodeBusy,
-				Message: "server busy; retry after the Retry-After delay", RetryAfterSeconds: shedRetryAfter})
+	reg := opts.Registerer
+	if r, ok := opts.Gatherer.(prometheus.Registerer); reg == nil && ok {
+		reg = r
+	}
+	ao := &admission.Options{Slots: opts.MaxInFlight, Registerer: reg, ConstLabels: prometheus.Labels{"transport": "https"}}
+	ctrl, err := admission.New(ao)
+	if err != nil {
+		// Only registration can fail (options are valid): serve
+		// without the metrics rather than not at all.
+		opts.Logger.Warn("admission control without metrics", "err", err)
+		ao.Registerer = nil
+		if ctrl, err = admission.New(ao); err != nil {
+			panic(err) // unreachable: the same options minus the registry
 		}
 	}
+	s.ctrl = ctrl
+	return s
+}
+
+// classify reads a request's class and client key without reading its
+// body.
+func (s *shedder) classify(r *http.Request, continues bool) admission.Request {
+	req := admission.Request{Class: admission.ClassEnroll, Continues: continues}
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		leaf := r.TLS.VerifiedChains[0][0]
+		if id, err := pki.DeviceIDFromCertificate(leaf, s.td); err == nil {
+			req.Class = admission.RenewalClass(leaf.NotBefore, leaf.NotAfter, s.now())
+			req.KeyKind, req.Key = admission.KeyDevice, id
+			return req
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	req.KeyKind, req.Key = admission.KeyAddress, host
+	return req
+}
+
+// wrap admits next through the controller; continues marks finish.
+func (s *shedder) wrap(next http.HandlerFunc, continues bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.ctrl.Acquire(r.Context(), s.classify(r, continues))
+		if err != nil {
+			writeError(w, correlationID(r), busyError(err))
+			return
+		}
+		defer p.Release()
+		next(w, r)
+	}
+}
+
+// busyError maps an admission refusal to the protocol's busy answer.
+func busyError(err error) *api.Error {
+	var re *admission.RefusedError
+	switch {
+	case errors.As(err, &re) && re.Reason == admission.ReasonRateLimited:
+		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
+			Message: "too many requests from this client; retry after the Retry-After delay"}
+	case errors.As(err, &re):
+		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
+			Message: "server busy (" + re.Reason.String() + "); retry after the Retry-After delay"}
+	}
+	// The controller is closed (shutting down) or the client went away
+	// while queued (nobody reads this answer).
+	return &api.Error{Code: api.CodeUnavailable, RetryAfterSeconds: int(admission.MinRetryAfter / time.Second),
+		Message: "server shutting down; retry later"}
 }

@@ -11,22 +11,18 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/sealing"
 )
 
 // Limits of the MQTT adapter.
 const (
-	// maxInFlight bounds requests processed at once; beyond it clients are
-	// told busy with a Retry-After.
-	maxInFlight = 256
 	// dedupeTTL keeps answers for redelivered requests (QoS 1).
 	dedupeTTL = 10 * time.Minute
 	// maxDedupe bounds the remembered answers and session bindings.
 	maxDedupe = 100000
 	// requestTimeout bounds the handling of one request.
 	requestTimeout = 30 * time.Second
-	// busyRetryAfter is the hint given when shedding load.
-	busyRetryAfter = 1
 )
 
 // handler serves requests whatever the broker. publish sends an answer to
@@ -37,10 +33,12 @@ type handler struct {
 	log     *slog.Logger
 	publish func(client string, payload []byte)
 	certOf  func(client string) *x509.Certificate
-	sem     chan struct{}
-	wg      sync.WaitGroup
-	ctx     context.Context
-	cancel  context.CancelFunc
+	// adm admits requests (see dispatch); it bounds the goroutines of
+	// dispatch to its slots plus its queue.
+	adm    *admission.Controller
+	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu       sync.Mutex
 	sessions map[string]binding // session ID → client that began it
@@ -60,12 +58,19 @@ type answer struct {
 
 func newHandler(core *enrollserver.Server, log *slog.Logger) *handler {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &handler{core: core, log: log, sem: make(chan struct{}, maxInFlight), ctx: ctx, cancel: cancel,
+	// The admission defaults are valid: New cannot fail without a
+	// registry.
+	adm, err := admission.New(nil)
+	if err != nil {
+		panic(err)
+	}
+	return &handler{core: core, log: log, adm: adm, ctx: ctx, cancel: cancel,
 		sessions: map[string]binding{}, answers: map[string]answer{}}
 }
 
 // close stops accepting work and waits for requests in flight.
 func (h *handler) close() {
+	h.adm.Close()
 	h.cancel()
 	h.wg.Wait()
 }
@@ -81,18 +86,69 @@ func (h *handler) dispatch(topic string, payload []byte) {
 		h.reply(client, envelopeError(payload, api.Errorf(api.CodeBadRequest, "message exceeds %d bytes", api.MaxMQTTMessageBytes)))
 		return
 	}
-	select {
-	case h.sem <- struct{}{}:
-	default:
-		h.reply(client, envelopeError(payload, &api.Error{Code: api.CodeBusy, Message: "server busy; retry later", RetryAfterSeconds: busyRetryAfter}))
+	// Admission: refused at once (rate limit, full queue) on the broker's
+	// goroutine, so that only admitted or queued requests get one of
+	// their own.
+	t, err := h.adm.Enter(h.classify(client, payload))
+	if err != nil {
+		h.reply(client, envelopeError(payload, busyError(err)))
 		return
 	}
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		defer func() { <-h.sem }()
+		p, err := t.Wait(h.ctx)
+		if err != nil {
+			if h.ctx.Err() == nil {
+				h.reply(client, envelopeError(payload, busyError(err)))
+			}
+			return
+		}
+		defer p.Release()
 		h.handle(client, payload)
 	}()
+}
+
+// classify names a request's admission class and client without decoding
+// its evidence: a client with a device ID is a renewal (urgent when the
+// certificate it connected with, on the embedded broker, is near its end;
+// an external broker authenticated it by certificate but does not say
+// which), any other client a first enrollment; a finish continues a begun
+// session. The operation is read by a shallow decode of the envelope. The
+// client key is the MQTT client ID: a bootstrap client picks its own, so
+// the per-client limit holds a misbehaving device, not an attacker who
+// reconnects under new IDs (the broker's connection limits do that).
+func (h *handler) classify(client string, payload []byte) admission.Request {
+	var env struct {
+		Op string `json:"op"`
+	}
+	json.Unmarshal(payload, &env)
+	req := admission.Request{Class: admission.ClassEnroll, Continues: env.Op == api.OpFinish,
+		KeyKind: admission.KeyDevice, Key: client}
+	if api.ValidDeviceID(client) {
+		req.Class = admission.ClassRenew
+		if h.certOf != nil {
+			if leaf := h.certOf(client); leaf != nil {
+				req.Class = admission.RenewalClass(leaf.NotBefore, leaf.NotAfter, time.Now())
+			}
+		}
+	}
+	return req
+}
+
+// busyError maps an admission refusal to the protocol's busy answer.
+func busyError(err error) *api.Error {
+	var re *admission.RefusedError
+	switch {
+	case errors.As(err, &re) && re.Reason == admission.ReasonRateLimited:
+		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
+			Message: "too many requests from this client; retry after retry_after_seconds"}
+	case errors.As(err, &re):
+		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
+			Message: "server busy (" + re.Reason.String() + "); retry after retry_after_seconds"}
+	}
+	return &api.Error{Code: api.CodeUnavailable, RetryAfterSeconds: int(admission.MinRetryAfter / time.Second),
+		Message: "server shutting down; retry later"}
 }
 
 // envelopeError answers a request that could not be decoded, echoing its
