@@ -15,7 +15,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,11 +39,14 @@ import (
 // server is a real enrollment server on real TLS. rewrite, if set, edits
 // finish responses on their way out: a hostile or broken server.
 type server struct {
-	begins  *atomic.Int32 // begin requests seen
-	handler http.Handler
-	url     string
-	ca      *pki.CA
-	mfr     *tpmsim.Manufacturer
+	begins *atomic.Int32 // begin requests seen
+	// beginCerts records, per begin, the common name of the client
+	// certificate it came with ("" without one).
+	beginCerts *certLog
+	handler    http.Handler
+	url        string
+	ca         *pki.CA
+	mfr        *tpmsim.Manufacturer
 }
 
 // benchServer serves enrollment for a benchmark and returns its URL.
@@ -96,10 +101,16 @@ func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufact
 		h = rewriting(h, rewrite)
 	}
 	begins := new(atomic.Int32)
+	beginCerts := new(certLog)
 	inner := h
 	h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == api.PathBegin {
 			begins.Add(1)
+			cn := ""
+			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+				cn = r.TLS.PeerCertificates[0].Subject.CommonName
+			}
+			beginCerts.add(cn)
 		}
 		inner.ServeHTTP(w, r)
 	})
@@ -111,7 +122,24 @@ func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufact
 	ts.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.RootPool()}
 	ts.StartTLS()
 	t.Cleanup(ts.Close)
-	return &server{url: ts.URL, ca: ca, mfr: mfr, begins: begins, handler: h}
+	return &server{url: ts.URL, ca: ca, mfr: mfr, begins: begins, beginCerts: beginCerts, handler: h}
+}
+
+type certLog struct {
+	mu  sync.Mutex
+	cns []string
+}
+
+func (l *certLog) add(cn string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cns = append(l.cns, cn)
+}
+
+func (l *certLog) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.cns)
 }
 
 // rewriting passes finish responses through fn.
@@ -433,5 +461,22 @@ func TestWhoamiAfterRenewal(t *testing.T) {
 		if who.Serial != res.Leaf.SerialNumber.Text(16) {
 			t.Errorf("enrollment %d: whoami saw certificate %s, want the new %s", i, who.Serial, res.Leaf.SerialNumber.Text(16))
 		}
+	}
+}
+
+// A renewal presents the device's certificate on begin, so the server can
+// tell it from a first enrollment before reading it (priority under load);
+// a first enrollment has none to present.
+func TestRenewalPresentsCertificate(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	s := newServer(t, newCA(t), nil, mfr, 1, nil)
+	a := newAgent(t, s, tpmDir, filepath.Join(t.TempDir(), "agent.db"))
+	for range 2 {
+		if _, err := a.Enroll(context.Background(), once); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := s.beginCerts.all(), []string{"", a.DeviceID()}; !slices.Equal(got, want) {
+		t.Errorf("client certificates on begin: %q, want %q", got, want)
 	}
 }

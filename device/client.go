@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
@@ -67,43 +68,99 @@ type CertificateSource interface {
 }
 
 // NewHTTPSTransport speaks HTTPS to baseURL, trusting only roots. Begin and
-// finish share one kept-alive connection (one TLS handshake); Whoami uses a
-// second client that presents the device certificate from certs.
+// finish share one kept-alive connection (one TLS handshake). A device that
+// holds a certificate valid for a while yet (from certs) presents it on
+// begin and finish, so the server can tell a renewal from a first
+// enrollment before reading the request and give it priority under load;
+// Whoami always presents it.
 func NewHTTPSTransport(baseURL string, roots *x509.CertPool, certs CertificateSource) Transport {
-	return &httpsTransport{
-		plain: newHTTPClient(baseURL, roots, nil),
-		mtls: newHTTPClient(baseURL, roots, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	t := &httpsTransport{certs: certs, plain: newHTTPClient(baseURL, roots, nil)}
+	if certs != nil {
+		t.mtls = newHTTPClient(baseURL, roots, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return certs.TLSCertificate()
-		}),
+		})
 	}
+	return t
 }
 
+// renewalCertMargin is the least validity a certificate must have left to
+// be presented on begin: one that expires during the enrollment would fail
+// the handshake.
+const renewalCertMargin = 2 * time.Minute
+
 type httpsTransport struct {
+	certs       CertificateSource
 	plain, mtls *httpClient
+	// enroll is the client of the last begin, which its finish reuses.
+	mu     sync.Mutex
+	enroll *httpClient
+}
+
+// enrollClient is the client a begin uses: the mTLS one while the device
+// holds a certificate that stays valid through the enrollment.
+func (t *httpsTransport) enrollClient() *httpClient {
+	if t.mtls == nil {
+		return t.plain
+	}
+	c, err := t.certs.TLSCertificate()
+	if err != nil || c.Leaf == nil || time.Until(c.Leaf.NotAfter) < renewalCertMargin {
+		return t.plain
+	}
+	return t.mtls
 }
 
 func (t *httpsTransport) Begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+	c := t.enrollClient()
 	var resp api.BeginResponse
-	return &resp, t.plain.do(ctx, http.MethodPost, api.PathBegin, corr, req, &resp)
+	err := c.do(ctx, http.MethodPost, api.PathBegin, corr, req, &resp)
+	var ae *api.Error
+	if err != nil && c == t.mtls && !errors.As(err, &ae) && ctx.Err() == nil {
+		// The server did not answer over the certificate's connection
+		// (a handshake it refused: a CA it no longer trusts, say): begin
+		// as a device without one does. A server that is down fails
+		// both ways.
+		c, resp = t.plain, api.BeginResponse{}
+		err = c.do(ctx, http.MethodPost, api.PathBegin, corr, req, &resp)
+	}
+	t.mu.Lock()
+	t.enroll = c
+	t.mu.Unlock()
+	return &resp, err
 }
 
-// Finish needs no sealing: TLS already ends at the server.
+// Finish needs no sealing: TLS already ends at the server. It goes over the
+// begin's client (a finish resumed after a restart, over the plain one).
 func (t *httpsTransport) Finish(ctx context.Context, corr string, req *api.FinishRequest, _ SealKeyFunc) (*api.FinishResponse, error) {
+	t.mu.Lock()
+	c := t.enroll
+	t.mu.Unlock()
+	if c == nil {
+		c = t.plain
+	}
 	var resp api.FinishResponse
-	return &resp, t.plain.do(ctx, http.MethodPost, api.PathFinish, corr, req, &resp)
+	return &resp, c.do(ctx, http.MethodPost, api.PathFinish, corr, req, &resp)
 }
 
 func (t *httpsTransport) Whoami(ctx context.Context, corr string) (*api.WhoamiResponse, error) {
+	if t.mtls == nil {
+		return nil, errors.New("whoami needs the device certificate, and this transport has none")
+	}
 	var resp api.WhoamiResponse
 	return &resp, t.mtls.do(ctx, http.MethodGet, api.PathWhoami, corr, nil, &resp)
 }
 
 // CertificateChanged drops mTLS connections made with the old certificate.
-func (t *httpsTransport) CertificateChanged() { t.mtls.close() }
+func (t *httpsTransport) CertificateChanged() {
+	if t.mtls != nil {
+		t.mtls.close()
+	}
+}
 
 func (t *httpsTransport) Close() error {
 	t.plain.close()
-	t.mtls.close()
+	if t.mtls != nil {
+		t.mtls.close()
+	}
 	return nil
 }
 
