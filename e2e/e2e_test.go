@@ -84,8 +84,14 @@ type server struct {
 // it serves.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
+	return startServerIn(t, filepath.Join(t.TempDir(), "enrolld"), args...)
+}
+
+// startServerIn is startServer with data directory dataDir.
+func startServerIn(t *testing.T, dataDir string, args ...string) *server {
+	t.Helper()
 	needBinaries(t)
-	s := &server{dataDir: filepath.Join(t.TempDir(), "enrolld"), log: &bytes.Buffer{}}
+	s := &server{dataDir: dataDir, log: &bytes.Buffer{}}
 	s.rootCA = filepath.Join(s.dataDir, "ca", "root_ca.crt")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bins.enrolld, append([]string{"serve", "--data-dir", s.dataDir, "--listen", "127.0.0.1:0"}, args...)...)
