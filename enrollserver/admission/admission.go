@@ -299,6 +299,13 @@ func New(opts *Options) (*Controller, error) {
 	return c, nil
 }
 
+// Default returns a controller with the default options and no metrics.
+// New cannot fail then: the defaults are valid and nothing is registered.
+func Default() *Controller {
+	c, _ := New(nil)
+	return c
+}
+
 // Permit is a slot. The holder must call Release exactly once when the
 // request's work is done; further calls do nothing.
 type Permit struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -543,4 +544,28 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("peak %d in flight (slots %d), %d granted, %d refused", peak.Load(), slots, granted.Load(), refused.Load())
 	}
 	t.Logf("%d granted, %d refused or canceled, peak %d", granted.Load(), refused.Load(), peak.Load())
+}
+
+func TestDefault(t *testing.T) {
+	c := admission.Default()
+	defer c.Close()
+	// The default controller admits up to DefaultSlots at once.
+	var permits []*admission.Permit
+	for range admission.DefaultSlots() {
+		tk, err := c.Enter(admission.Request{Class: admission.ClassEnroll, KeyKind: admission.KeyDevice, Key: "d" + strconv.Itoa(len(permits))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := tk.Wait(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		permits = append(permits, p)
+	}
+	if st := c.Stats(); st.InFlight != admission.DefaultSlots() || st.Queued != 0 {
+		t.Errorf("stats %+v, want %d in flight", st, admission.DefaultSlots())
+	}
+	for _, p := range permits {
+		p.Release()
+	}
 }

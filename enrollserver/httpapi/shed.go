@@ -52,13 +52,10 @@ func newShedder(srv *enrollserver.Server, opts Options) *shedder {
 	ao := &admission.Options{Slots: opts.MaxInFlight, Registerer: reg, ConstLabels: prometheus.Labels{"transport": "https"}}
 	ctrl, err := admission.New(ao)
 	if err != nil {
-		// Only registration can fail (options are valid): serve
-		// without the metrics rather than not at all.
-		opts.Logger.Warn("admission control without metrics", "err", err)
-		ao.Registerer = nil
-		if ctrl, err = admission.New(ao); err != nil {
-			panic(err) // unreachable: the same options minus the registry
-		}
+		// Bad options (a negative MaxInFlight) or a registration
+		// conflict: serve with the defaults rather than not at all.
+		opts.Logger.Error("admission control with default options and no metrics", "err", err)
+		ctrl = admission.Default()
 	}
 	s.ctrl = ctrl
 	return s

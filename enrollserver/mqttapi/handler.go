@@ -58,12 +58,7 @@ type answer struct {
 
 func newHandler(core *enrollserver.Server, log *slog.Logger) *handler {
 	ctx, cancel := context.WithCancel(context.Background())
-	// The admission defaults are valid: New cannot fail without a
-	// registry.
-	adm, err := admission.New(nil)
-	if err != nil {
-		panic(err)
-	}
+	adm := admission.Default()
 	return &handler{core: core, log: log, adm: adm, ctx: ctx, cancel: cancel,
 		sessions: map[string]binding{}, answers: map[string]answer{}}
 }
