@@ -33,6 +33,7 @@ func main() {
 	defer stop()
 	root := &cobra.Command{Use: "enroll-bench", Short: "Load and crypto-ceiling benchmarks for enrolld", SilenceUsage: true}
 	root.AddCommand(runCmd(), compareCmd(), ceilingCmd(), manufacturerCmd(), workerCmd())
+	root.AddCommand(stepcaCmd(), compareStepCACmd())
 	root.SetContext(ctx)
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
@@ -311,4 +312,117 @@ func workerCmd() *cobra.Command {
 			return loadgen.ServeWorkerStdio()
 		},
 	}
+}
+
+// stepCAFlags are the flags that say which step-ca to run and how.
+func stepCAFlags(cmd *cobra.Command, sc *loadgen.StepCAConfig) {
+	fl := cmd.Flags()
+	fl.StringVar(&sc.Binary, "step-ca-bin", "", "step-ca binary (default: build --step-ca-version with go install from the Go module proxy, once, into --step-ca-cache)")
+	fl.StringVar(&sc.Version, "step-ca-version", loadgen.StepCAVersion, "step-ca version to build (github.com/smallstep/certificates)")
+	fl.StringVar(&sc.CacheDir, "step-ca-cache", "", "where built step-ca binaries are kept (default: the user cache directory)")
+	fl.StringVar(&sc.DB, "step-ca-db", loadgen.StepCADBBadger, "step-ca database: badgerv2 (step ca init's default, in the CA directory) or none")
+	fl.StringVar(&sc.Dir, "step-ca-dir", "", "directory for step-ca's configuration, keys, database and log (default: a temporary one, removed)")
+}
+
+func stepcaCmd() *cobra.Command {
+	var (
+		sc       loadgen.StepCAConfig
+		format   string
+		noVerify bool
+	)
+	cmd := &cobra.Command{
+		Use:   "stepca",
+		Short: "Measure step-ca's plain certificate signing (/1.0/sign, JWK token, no attestation) under the same load generator",
+		Long: `stepca starts a step-ca (github.com/smallstep/certificates) as a separate
+process on a loopback port, with a fresh root and intermediate, one JWK
+provisioner and step ca init's default badgerv2 database, then has N simulated
+devices, C at a time, each over its own TLS connection, post a fresh P-256 key's
+CSR with a one-time token to /1.0/sign. Keys, CSRs and tokens are made before
+timing. It reports signs/s, latency percentiles, errors by HTTP status, and
+step-ca's CPU per sign and RSS from /proc.
+
+Without --step-ca-bin, step-ca is built once with go install from the Go module
+proxy; if that fails, the comparison is skipped with the reason (exit 0).
+Use compare-stepca to measure enrolld and step-ca in the same invocation.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("-o %q: want text or json", format)
+			}
+			sc.Load.Verify = !noVerify
+			sc.Load.Progress = cmd.ErrOrStderr()
+			sc.Progress = cmd.ErrOrStderr()
+			res, err := loadgen.RunStepCA(cmd.Context(), sc)
+			if err != nil {
+				return err
+			}
+			if res.Skipped != "" && format == "json" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "step-ca comparison skipped: %s\n", res.Skipped)
+			}
+			return output(cmd.OutOrStdout(), format, res)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVarP(&sc.Load.Devices, "devices", "n", 100, "number of simulated devices (sign requests) per run")
+	fl.IntVarP(&sc.Load.Concurrency, "concurrency", "c", 64, "devices in flight at once")
+	fl.DurationVar(&sc.Load.Ramp, "ramp", 0, "spread device starts evenly over this time")
+	fl.IntVar(&sc.Load.Retry.Attempts, "attempts", 8, "attempts per device")
+	fl.DurationVar(&sc.Load.PhaseTimeout, "timeout", 10*time.Minute, "bound on each run")
+	fl.DurationVar(&sc.Load.RequestTimeout, "request-timeout", 30*time.Second, "bound on each request")
+	fl.IntVar(&sc.Rounds, "rounds", 1, "timed runs (fresh devices each)")
+	fl.BoolVar(&noVerify, "no-verify", false, "do not verify the certificate chain each device receives")
+	fl.StringVarP(&format, "output", "o", "text", "text or json")
+	stepCAFlags(cmd, &sc)
+	return cmd
+}
+
+func compareStepCACmd() *cobra.Command {
+	var (
+		cfg      loadgen.BenchConfig
+		sc       loadgen.StepCAConfig
+		rounds   int
+		format   string
+		noVerify bool
+	)
+	cmd := &cobra.Command{
+		Use:   "compare-stepca",
+		Short: "Run our full-attestation enrollment against enrolld and step-ca's plain sign in one invocation, and compare",
+		Long: `compare-stepca runs, --rounds times in alternating order (ours step-ca,
+step-ca ours, ...), N devices enrolling against a running enrolld (--server,
+as for run) and N devices asking a step-ca it starts for a plain certificate
+(as the stepca command), with the same concurrency, ramp, retries and
+verification, and prints the medians side by side with the ratio ours/step-ca.
+
+  enrolld serve --data-dir d --listen 127.0.0.1:8443 --manufacturer-roots mfr/manufacturer_ca.crt &
+  enroll-bench compare-stepca --server https://localhost:8443 --root-ca d/ca/root_ca.crt \
+    --manufacturer-ca mfr -n 2000 -c 32 --rounds 3
+
+If step-ca cannot be built, ours is still measured and step-ca's part says
+"step-ca comparison skipped: <reason>" (exit 0).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("-o %q: want text or json", format)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.WorkerCommand = func() *exec.Cmd { return exec.Command(exe, "worker") }
+			cfg.Stderr = cmd.ErrOrStderr()
+			cfg.Run.Verify = !noVerify
+			cfg.Run.Progress = cmd.ErrOrStderr()
+			c, err := loadgen.CompareStepCA(cmd.Context(), cfg, sc, rounds)
+			if err != nil {
+				return err
+			}
+			return output(cmd.OutOrStdout(), format, c)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.ServerURL, "server", "https://localhost:8443", "enrolld: https://HOST:PORT, or mqtts://HOST:PORT for MQTT through its broker")
+	fl.IntVar(&rounds, "rounds", 1, "runs of each, alternating order; medians are reported")
+	benchFlags(cmd, &cfg, &noVerify, &format)
+	stepCAFlags(cmd, &sc)
+	return cmd
 }
