@@ -1,0 +1,250 @@
+package etcdstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+)
+
+// UpdateGroup implements store.Store.
+func (s *Store) UpdateGroup(ctx context.Context, name string, fn func(prev *store.Group) (*store.Group, *store.AuditRecord, error)) (*store.Group, error) {
+	var out *store.Group
+	err := s.update(ctx, func(t *txn) error {
+		out = nil
+		prev, err := txnGet[store.Group](t, s.k.group(name))
+		if err != nil {
+			return err
+		}
+		next, audit, err := fn(prev)
+		if err != nil {
+			return err
+		}
+		if next.Name != name {
+			return fmt.Errorf("update of group %s wrote group %s", name, next.Name)
+		}
+		if err := t.putJSON(s.k.group(name), next); err != nil {
+			return err
+		}
+		if audit != nil {
+			t.appendAudit(audit)
+		}
+		out = next
+		return nil
+	})
+	return out, err
+}
+
+// Group implements store.Store.
+func (s *Store) Group(ctx context.Context, name string) (*store.Group, error) {
+	return getJSON[store.Group](ctx, s, s.k.group(name))
+}
+
+// Groups implements store.Store.
+func (s *Store) Groups(ctx context.Context, fn func(*store.Group) bool) error {
+	return scanJSON(ctx, s, s.k.groups(), end(s.k.groups()), false, fn)
+}
+
+// latestConfig reads the newest version of scope in t (guarded by a
+// range compare over the scope: a version added meanwhile re-runs t).
+func latestConfig(t *txn, scope string) (*store.ConfigVersion, error) {
+	p := t.s.k.configScope(scope)
+	rctx, cancel := t.s.reqCtx(t.ctx)
+	defer cancel()
+	resp, err := t.s.cli.Get(rctx, p, clientv3.WithRange(end(p)), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1))
+	if err != nil {
+		return nil, fmt.Errorf("reading config of %s: %w", scope, err)
+	}
+	t.guard(p, end(p), resp.Header.Revision)
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return decode[store.ConfigVersion](resp.Kvs[0])
+}
+
+// PutConfig implements store.Store. The version counter is one key for
+// every scope, read and bumped in the transaction.
+func (s *Store) PutConfig(ctx context.Context, scope string, floor uint64, fn func(latest *store.ConfigVersion, next uint64) (*store.ConfigVersion, *store.AuditRecord, error)) (*store.ConfigVersion, error) {
+	var out *store.ConfigVersion
+	err := s.update(ctx, func(t *txn) error {
+		out = nil
+		latest, err := latestConfig(t, scope)
+		if err != nil {
+			return err
+		}
+		kv, err := t.getOne(s.k.meta("config_seq"))
+		if err != nil {
+			return err
+		}
+		seq, err := parseCounter(kv)
+		if err != nil {
+			return err
+		}
+		next := max(seq, floor) + 1
+		cv, audit, err := fn(latest, next)
+		if err != nil {
+			return err
+		}
+		if cv.Version != next || cv.Scope != scope {
+			return fmt.Errorf("config of %s wrote %s version %d, want version %d", scope, cv.Scope, cv.Version, next)
+		}
+		if err := t.putJSON(s.k.config(scope, next), cv); err != nil {
+			return err
+		}
+		t.put(s.k.meta("config_seq"), fmt.Sprint(next))
+		if audit != nil {
+			t.appendAudit(audit)
+		}
+		out = cv
+		return nil
+	})
+	return out, err
+}
+
+// Config implements store.Store.
+func (s *Store) Config(ctx context.Context, scope string, version uint64) (*store.ConfigVersion, error) {
+	if version != 0 {
+		return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, version))
+	}
+	var out *store.ConfigVersion
+	err := s.ConfigHistory(ctx, scope, func(cv *store.ConfigVersion) bool { out = cv; return false })
+	if err == nil && out == nil {
+		err = store.ErrNotFound
+	}
+	return out, err
+}
+
+// ConfigHistory implements store.Store.
+func (s *Store) ConfigHistory(ctx context.Context, scope string, fn func(*store.ConfigVersion) bool) error {
+	p := s.k.configScope(scope)
+	return scanJSON(ctx, s, p, end(p), true, fn)
+}
+
+// WatchConfigs implements store.ConfigWatcher with an etcd watch of the
+// config keys from the revision the call began at. When the watch ends
+// with an error (its member died, lost its leader, or the stream broke)
+// it is resumed from the revision after the last event delivered, so no
+// version is reported twice or skipped. One case loses versions: if etcd
+// compacted its history past that revision while the watch was down, the
+// watch resumes from the compaction revision and the versions committed
+// in between are not reported (a warning is logged: read ConfigHistory
+// to catch up).
+func (s *Store) WatchConfigs(ctx context.Context, fn func(*store.ConfigVersion)) error {
+	if err := s.begin(ctx); err != nil {
+		return err
+	}
+	rctx, cancel := s.reqCtx(ctx)
+	resp, err := s.cli.Get(rctx, s.k.meta("schema"))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("starting config watch: %w", err)
+	}
+	next := resp.Header.Revision + 1
+	for {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := s.cli.Watch(wctx, s.k.configs(), clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithFilterDelete())
+		var werr error
+		for wr := range wch {
+			if wr.CompactRevision != 0 {
+				s.log.Warn("config watch: history compacted; versions between the revisions were not reported",
+					"from_revision", next, "compact_revision", wr.CompactRevision)
+				next = wr.CompactRevision
+				werr = fmt.Errorf("compacted")
+				break
+			}
+			if werr = wr.Err(); werr != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type != mvccpb.PUT {
+					continue
+				}
+				cv, err := decode[store.ConfigVersion](ev.Kv)
+				if err != nil {
+					s.log.Error("config watch: undecodable config version", "key", s.k.rel(string(ev.Kv.Key)), "err", err)
+				} else {
+					fn(cv)
+				}
+				next = ev.Kv.ModRevision + 1
+			}
+		}
+		cancel()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if s.closed.Load() {
+			return store.ErrClosed
+		}
+		if err := s.cli.Ctx().Err(); err != nil {
+			return fmt.Errorf("config watch: etcd client closed: %w", err)
+		}
+		if werr != nil {
+			s.log.Info("config watch: resuming", "revision", next, "err", werr.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(watchRetryDelay):
+		}
+	}
+}
+
+// UpdateFirmware implements store.Store. The group's references are a
+// guarded range read (references are never deleted, so the guard sees
+// every change). A plan writing more than fits one transaction (about
+// MaxTxnOps references) is refused with ErrTooManyOps.
+func (s *Store) UpdateFirmware(ctx context.Context, group string, plan func(current []*store.FirmwareReference) (*store.FirmwarePlan, error)) error {
+	if group == "" {
+		return fmt.Errorf("UpdateFirmware needs a group")
+	}
+	return s.update(ctx, func(t *txn) error {
+		p := s.k.firmwareGroup(group)
+		var current []*store.FirmwareReference
+		if err := t.scan(p, end(p), false, func(kv *mvccpb.KeyValue) (bool, error) {
+			r, err := decode[store.FirmwareReference](kv)
+			current = append(current, r)
+			return err == nil, err
+		}); err != nil {
+			return err
+		}
+		fp, err := plan(current)
+		if err != nil || fp == nil {
+			return err
+		}
+		for _, r := range fp.Put {
+			if r.Group != group || r.Digest == "" {
+				return fmt.Errorf("firmware update of group %s wrote reference %q of group %q", group, r.Digest, r.Group)
+			}
+			if err := t.putJSON(s.k.firmware(group, r.Digest), r); err != nil {
+				return err
+			}
+		}
+		t.appendAudit(fp.Audit...)
+		return nil
+	})
+}
+
+// FirmwareReference implements store.Store.
+func (s *Store) FirmwareReference(ctx context.Context, group, digest string) (*store.FirmwareReference, error) {
+	return getJSON[store.FirmwareReference](ctx, s, s.k.firmware(group, digest))
+}
+
+// FirmwareReferences implements store.Store.
+func (s *Store) FirmwareReferences(ctx context.Context, group string, after store.FirmwareKey, fn func(*store.FirmwareReference) bool) error {
+	prefix := s.k.firmwareAll()
+	if group != "" {
+		prefix = s.k.firmwareGroup(group)
+	}
+	start := prefix
+	if after != (store.FirmwareKey{}) {
+		// The first key after: append a NUL, the smallest byte.
+		if k := s.k.firmware(after.Group, after.Digest) + "\x00"; k > start {
+			start = k
+		}
+	}
+	return scanJSON(ctx, s, start, end(prefix), false, fn)
+}
