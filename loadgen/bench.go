@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/device"
@@ -30,6 +31,13 @@ type BenchConfig struct {
 	// mqtts://127.0.0.1:8883 for MQTT through the broker (enrolld's
 	// embedded one, or an external broker's bootstrap listener).
 	ServerURL string
+	// MoreServerURLs are further servers sharing ServerURL's store
+	// (HTTPS only): device i begins on server i mod N and finishes on the
+	// next one, so every enrollment crosses servers. Their CPU counts
+	// with the server's.
+	MoreServerURLs []string
+	// StorePIDs are the shared store's processes (etcd), reported apart.
+	StorePIDs []int
 	// MQTTDeviceURL is the broker listener for device-certificate
 	// connections when it differs from the bootstrap one (mosquitto);
 	// "" means ServerURL. The bench's devices never present a device
@@ -97,7 +105,7 @@ func serverTransport(raw string) (*url.URL, string, error) {
 // device's TPM key lives in a worker's simulator and cannot sign a TLS
 // handshake in this process (so the broker's mTLS path is not measured).
 func Bench(ctx context.Context, cfg BenchConfig) (*Report, error) {
-	env, err := setupBench(ctx, &cfg, []string{cfg.ServerURL}, cfg.Devices)
+	env, err := setupBench(ctx, &cfg, append([]string{cfg.ServerURL}, cfg.MoreServerURLs...), cfg.Devices)
 	if err != nil {
 		return nil, err
 	}
@@ -209,12 +217,42 @@ func (env *benchEnv) run(ctx context.Context, cfg *BenchConfig, serverURL string
 	}
 
 	run := cfg.Run
+	name := serverURL
+	run.StorePIDs = cfg.StorePIDs
+	if len(cfg.MoreServerURLs) > 0 {
+		if transport != TransportHTTPS {
+			return nil, errors.New("loadgen: several servers are measured over HTTPS only")
+		}
+		urls := append([]string{serverURL}, cfg.MoreServerURLs...)
+		for _, raw := range cfg.MoreServerURLs {
+			mu, _, _ := serverTransport(raw)
+			pid, err := loopbackServerPID(mu)
+			if err != nil || serverPID == 0 {
+				fmt.Fprintf(cfg.Stderr, "enroll-bench: no server CPU figures for %s: %v\n", raw, err)
+				serverPID = 0
+				break
+			}
+			run.MoreServerPIDs = append(run.MoreServerPIDs, pid)
+		}
+		if run.Transport == nil {
+			roots := env.roots
+			run.TransportName = transport
+			run.Transport = func(id *Identity) (device.Transport, error) {
+				i := id.Index % len(urls)
+				return SplitTransport{
+					BeginOn:  device.NewHTTPSTransport(urls[i], roots, noCertificate{}),
+					FinishOn: device.NewHTTPSTransport(urls[(i+1)%len(urls)], roots, noCertificate{}),
+				}, nil
+			}
+		}
+		name = strings.Join(urls, ",")
+	}
 	run.Identities = ids
 	run.Prover = env.pool
 	run.Roots = env.roots
 	run.ServerPID = serverPID
 	run.DevicePIDs = env.pool.PIDs()
-	run.ServerName = serverURL
+	run.ServerName = name
 	if run.Transport == nil {
 		run.TransportName = transport
 		roots := env.roots

@@ -86,7 +86,9 @@ type PhaseReport struct {
 	// device-side failures.
 	Errors map[string]int `json:"errors"`
 
-	Server     *ProcessReport `json:"server,omitempty"`
+	Server *ProcessReport `json:"server,omitempty"`
+	// Store is the shared store's processes (an etcd cluster), if given.
+	Store      *ProcessReport `json:"store,omitempty"`
 	DeviceSide ProcessReport  `json:"device_side"`
 	// MachineBusy is the fraction of all cores' time that was busy.
 	MachineBusy float64 `json:"machine_busy"`
@@ -141,6 +143,10 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  server CPU %.2fs = %.3f ms per %s (capacity on %d cores: %.0f/s), RSS max %s, peak %s\n",
 				p.Server.CPUSeconds, p.Server.CPUMsPerOp, opName(p.Name), s.CPUs, p.Server.CapacityPerSecond,
 				mib(p.Server.RSSMaxBytes), mib(p.Server.PeakRSSBytes))
+		}
+		if p.Store != nil {
+			fmt.Fprintf(w, "  store CPU %.2fs = %.3f ms per %s (%d processes), RSS %s\n",
+				p.Store.CPUSeconds, p.Store.CPUMsPerOp, opName(p.Name), len(p.Store.PIDs), mib(p.Store.RSSEndBytes))
 		}
 		fmt.Fprintf(w, "  device side CPU %.2fs = %.3f ms per %s (%.3f in the TPM workers; alone on %d cores: %.0f/s); machine busy %.0f%%\n",
 			p.DeviceSide.CPUSeconds, p.DeviceSide.CPUMsPerOp, opName(p.Name), p.DeviceSide.WorkersCPUMsPerOp, s.CPUs, p.DeviceSide.CapacityPerSecond, 100*p.MachineBusy)

@@ -87,6 +87,12 @@ type Config struct {
 	// ServerPID, if non-zero, is the server process whose CPU and memory
 	// are reported.
 	ServerPID int
+	// MoreServerPIDs are the other servers of a cluster (enrolld sharing
+	// a store): their CPU and memory count with ServerPID's.
+	MoreServerPIDs []int
+	// StorePIDs are the shared store's processes (an etcd cluster), whose
+	// CPU per enrollment is reported apart (PhaseReport.Store).
+	StorePIDs []int
 	// DevicePIDs are processes doing device-side work besides this one
 	// (the pool's workers), for CPU accounting.
 	DevicePIDs []int
@@ -188,18 +194,46 @@ type deviceResult struct {
 
 // sample is a point-in-time reading of the processes involved.
 type sample struct {
-	server, devices, workers time.Duration
-	serverOK                 bool // the server's figures were readable
-	busy, total              time.Duration
+	server, store, devices, workers time.Duration
+	serverOK, storeOK               bool // the figures were readable
+	busy, total                     time.Duration
+}
+
+// serverPIDs are the server processes measured: none, or ServerPID and
+// MoreServerPIDs.
+func (cfg *Config) serverPIDs() []int {
+	if cfg.ServerPID == 0 {
+		return nil
+	}
+	return append([]int{cfg.ServerPID}, cfg.MoreServerPIDs...)
+}
+
+// sumCPU is the CPU time of pids together; ok is false if one was
+// unreadable.
+func sumCPU(pids []int) (total time.Duration, ok bool) {
+	for _, pid := range pids {
+		c, err := ProcessCPU(pid)
+		if err != nil {
+			return 0, false
+		}
+		total += c
+	}
+	return total, len(pids) > 0
+}
+
+// sumMemory is the RSS and VmHWM of pids added up.
+func sumMemory(pids []int) (rss, peak uint64) {
+	for _, pid := range pids {
+		r, p, _ := ProcessMemory(pid)
+		rss, peak = rss+r, peak+p
+	}
+	return rss, peak
 }
 
 func (cfg *Config) sample() sample {
 	var s sample
-	if cfg.ServerPID != 0 {
-		var err error
-		s.server, err = ProcessCPU(cfg.ServerPID)
-		s.serverOK = err == nil
-	}
+	s.server, s.serverOK = sumCPU(cfg.serverPIDs())
+	s.store, s.storeOK = sumCPU(cfg.StorePIDs)
 	s.devices, _ = ProcessCPU(os.Getpid())
 	for _, pid := range cfg.DevicePIDs {
 		c, _ := ProcessCPU(pid)
@@ -227,7 +261,7 @@ func runPhase(ctx context.Context, cfg *Config, name string) (*PhaseReport, erro
 			t := time.NewTicker(100 * time.Millisecond)
 			defer t.Stop()
 			for {
-				if rss, _, err := ProcessMemory(cfg.ServerPID); err == nil && rss > rssMax.Load() {
+				if rss, _ := sumMemory(cfg.serverPIDs()); rss > rssMax.Load() {
 					rssMax.Store(rss)
 				}
 				select {
@@ -316,13 +350,19 @@ func runPhase(ctx context.Context, cfg *Config, name string) (*PhaseReport, erro
 	}
 	if before.serverOK && after.serverOK {
 		cpu := (after.server - before.server).Seconds()
-		sp := &ProcessReport{PIDs: []int{cfg.ServerPID}, CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax.Load()}
+		sp := &ProcessReport{PIDs: cfg.serverPIDs(), CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax.Load()}
 		if sp.CPUMsPerOp > 0 {
 			sp.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / sp.CPUMsPerOp)
 		}
-		sp.RSSEndBytes, sp.PeakRSSBytes, _ = ProcessMemory(cfg.ServerPID)
+		sp.RSSEndBytes, sp.PeakRSSBytes = sumMemory(cfg.serverPIDs())
 		sp.RSSMaxBytes = max(sp.RSSMaxBytes, sp.RSSEndBytes)
 		p.Server = sp
+	}
+	if before.storeOK && after.storeOK {
+		cpu := (after.store - before.store).Seconds()
+		st := &ProcessReport{PIDs: cfg.StorePIDs, CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops)}
+		st.RSSEndBytes, st.PeakRSSBytes = sumMemory(cfg.StorePIDs)
+		p.Store = st
 	}
 	return p, nil
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgeenroll/edgeenroll/enrollserver/store/etcdstore/etcdtest"
 	"github.com/edgeenroll/edgeenroll/loadgen"
 	"github.com/edgeenroll/edgeenroll/loadgen/ceiling"
 	"github.com/edgeenroll/edgeenroll/tpmsim"
@@ -32,7 +33,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "enroll-bench", Short: "Load and crypto-ceiling benchmarks for enrolld", SilenceUsage: true}
-	root.AddCommand(runCmd(), compareCmd(), ceilingCmd(), manufacturerCmd(), workerCmd())
+	root.AddCommand(runCmd(), compareCmd(), ceilingCmd(), manufacturerCmd(), workerCmd(), etcdCmd())
 	root.AddCommand(stepcaCmd(), compareStepCACmd())
 	root.SetContext(ctx)
 	if err := root.Execute(); err != nil {
@@ -128,6 +129,8 @@ also use the bootstrap identity (the TPM key is in a worker process).`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&cfg.ServerURL, "server", "https://localhost:8443", "enrolld: https://HOST:PORT, or mqtts://HOST:PORT for MQTT through its broker")
+	fl.StringSliceVar(&cfg.MoreServerURLs, "also-server", nil, "more enrolld sharing --server's store (HTTPS, repeatable): each device begins on one and finishes on the next; their CPU adds up")
+	fl.IntSliceVar(&cfg.StorePIDs, "store-pid", nil, "processes of the shared store (etcd), whose CPU is reported apart (repeatable)")
 	benchFlags(cmd, &cfg, &noVerify, &format)
 	fl.BoolVar(&withCeiling, "ceiling", false, "after the run, measure the crypto ceiling and compare")
 	fl.DurationVar(&ceilingTime, "ceiling-time", 500*time.Millisecond, "CPU time per ceiling step")
@@ -424,5 +427,38 @@ If step-ca cannot be built, ours is still measured and step-ca's part says
 	fl.IntVar(&rounds, "rounds", 1, "runs of each, alternating order; medians are reported")
 	benchFlags(cmd, &cfg, &noVerify, &format)
 	stepCAFlags(cmd, &sc)
+	return cmd
+}
+
+func etcdCmd() *cobra.Command {
+	var dir string
+	var members int
+	cmd := &cobra.Command{
+		Use:   "etcd",
+		Short: "Run an embedded etcd cluster on loopback ports until interrupted (for trying and measuring enrolld --store etcd://)",
+		Long: `etcd runs N etcd members (go.etcd.io/etcd/server/v3/embed, the same code as the etcd
+binary) in this process on free loopback ports, data in --dir, and prints the
+store URL for enrolld --store. It is for trying several enrolld on one machine
+and for benchmarks; production runs the etcd binary (see README, "Scaling out").`,
+		Example: `  enroll-bench etcd --members 3 --dir /tmp/etcd &
+  enrolld serve --store etcd://127.0.0.1:PORT1,127.0.0.1:PORT2,127.0.0.1:PORT3/edgeenroll ...`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if members < 1 || members > 7 {
+				return fmt.Errorf("--members %d: want 1 to 7", members)
+			}
+			c, err := etcdtest.Start(dir, members)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			fmt.Fprintln(cmd.OutOrStdout(), c.StoreURL("edgeenroll"))
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "data directory of the members (required)")
+	cmd.Flags().IntVar(&members, "members", 3, "number of members")
+	cmd.MarkFlagRequired("dir")
 	return cmd
 }

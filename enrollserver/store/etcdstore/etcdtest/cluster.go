@@ -154,6 +154,16 @@ func start(dir string, n int) (*Cluster, error) {
 // Endpoints returns the client URL of every member.
 func (c *Cluster) Endpoints() []string { return append([]string(nil), c.clients...) }
 
+// StoreURL is the etcdstore URL of the cluster with key prefix prefix:
+// etcd://host:port,host:port…/prefix, as enrolld --store takes it.
+func (c *Cluster) StoreURL(prefix string) string {
+	hosts := make([]string, len(c.clients))
+	for i, e := range c.clients {
+		hosts[i] = strings.TrimPrefix(e, "http://")
+	}
+	return "etcd://" + strings.Join(hosts, ",") + "/" + prefix
+}
+
 // Client returns a client of one member only, closed when the test ends.
 func (c *Cluster) Client(t testing.TB, member int) *clientv3.Client {
 	t.Helper()
