@@ -428,6 +428,8 @@ func (s *Server) DeviceAction(ctx context.Context, call *Call, action api.Device
 			// CRL is retried by the daemon's refresh loop.
 			s.log.LogAttrs(ctx, slog.LevelError, "signing CRL after revocation", slog.String("correlation_id", call.CorrelationID), slog.String("err", err.Error()))
 		}
+		// A CA of its own (step-ca) must revoke them too; see revokeforward.go.
+		s.forwardRevocations(ctx, call.CorrelationID, changes)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "device action", slog.String("correlation_id", call.CorrelationID),
 		slog.String("operator", call.Principal.String()), slog.String("action", string(action)), slog.Int("devices", len(ids)))

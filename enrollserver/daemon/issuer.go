@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/pki/stepca"
@@ -27,6 +28,16 @@ const (
 // stepCACheckTimeout bounds the startup check of the step-ca.
 const stepCACheckTimeout = 10 * time.Second
 
+// DefaultRevocationRetryInterval is how often enrolld forwards to the
+// step-ca the revocations it has not yet acknowledged (one failed while it
+// was down, or enrolld restarted): a revoked certificate stays renewable at
+// the step-ca until then.
+const DefaultRevocationRetryInterval = time.Minute
+
+// x5cExpiryWarning: a startup warning when the X5C credential expires
+// sooner; device certificates are cut to end with it.
+const x5cExpiryWarning = 7 * 24 * time.Hour
+
 // IssuerConfig says who signs: which CA issues device certificates, and
 // where the embedded CA keeps its signing keys. Bundles, server, operator
 // and service certificates and CRLs always come from the embedded CA.
@@ -40,8 +51,9 @@ type IssuerConfig struct {
 	IntermediateKeyURI, BundleSignerKeyURI string
 }
 
-// StepCAConfig names the step-ca and the JWK provisioner enrolld signs
-// one-time tokens for.
+// StepCAConfig names the step-ca and the provisioner enrolld signs one-time
+// tokens for: a JWK provisioner (ProvisionerKeyFile) or an X5C provisioner
+// (X5CCertFile and X5CKeyFile), exactly one.
 type StepCAConfig struct {
 	// URL is https://host:port of the step-ca; host must be one of its
 	// dnsNames.
@@ -49,15 +61,31 @@ type StepCAConfig struct {
 	// RootFile is the step-ca's root certificate (PEM). Devices must trust
 	// it too: see README "Using an existing step-ca".
 	RootFile string
-	// Provisioner is the JWK provisioner's name.
+	// Provisioner is the JWK or X5C provisioner's name.
 	Provisioner string
-	// ProvisionerKeyFile is its private JWK, encrypted with the password
-	// in ProvisionerPasswordFile (or unencrypted, with no password file).
-	ProvisionerKeyFile      string
+	// ProvisionerKeyFile is a JWK provisioner's private JWK, encrypted with
+	// the password in ProvisionerPasswordFile (or unencrypted, with no
+	// password file).
+	ProvisionerKeyFile string
+	// X5CCertFile (PEM chain, leaf first) and X5CKeyFile (PEM key of the
+	// leaf, encrypted with the password in ProvisionerPasswordFile or
+	// not) are a credential of an X5C provisioner: the chain must verify
+	// to the provisioner's roots.
+	X5CCertFile, X5CKeyFile string
 	ProvisionerPasswordFile string
 	// Timeout bounds each call to the step-ca; 0 means
 	// stepca.DefaultTimeout.
 	Timeout time.Duration
+	// RevocationRetryInterval is how often revocations the step-ca has
+	// not acknowledged are forwarded again; 0 means
+	// DefaultRevocationRetryInterval.
+	RevocationRetryInterval time.Duration
+}
+
+// anySet reports whether any step-ca setting is given.
+func (sc StepCAConfig) anySet() bool {
+	return sc.URL != "" || sc.RootFile != "" || sc.Provisioner != "" || sc.ProvisionerKeyFile != "" ||
+		sc.X5CCertFile != "" || sc.X5CKeyFile != "" || sc.ProvisionerPasswordFile != ""
 }
 
 // caOptions adds the KMS key URIs to the embedded CA's options.
@@ -80,14 +108,18 @@ type deviceIssuer struct {
 }
 
 // newIssuer builds the device certificate issuer cfg selects. With a
-// step-ca it checks at startup that the CA knows the provisioner and its
-// key: a wrong provisioner or key stops enrolld with the reason, an
-// unreachable step-ca is logged and enrolld starts anyway (enrollments then
-// fail with an internal error until the step-ca is back).
+// step-ca it checks at startup that the CA knows the provisioner and the
+// credential (stepca.Issuer.Check): a wrong provisioner, key or x5c chain,
+// or an x5c certificate that is expired or about to, stops enrolld with
+// the reason; an unreachable step-ca is logged and enrolld starts anyway
+// (enrollments then fail with an internal error until the step-ca is
+// back). It then starts forwarding to the step-ca the revocations it has
+// not acknowledged (enrollserver.RevocationForwarder), at once and every
+// RevocationRetryInterval until ctx ends or close is called.
 func newIssuer(ctx context.Context, cfg IssuerConfig, ca *pki.CA, st store.Store, log *slog.Logger) (*deviceIssuer, error) {
 	switch cfg.Kind {
 	case "", IssuerEmbedded:
-		if sc := cfg.StepCA; sc.URL != "" || sc.RootFile != "" || sc.Provisioner != "" || sc.ProvisionerKeyFile != "" || sc.ProvisionerPasswordFile != "" {
+		if cfg.StepCA.anySet() {
 			return nil, errors.New("--stepca-* flags are set but --issuer is not stepca")
 		}
 		return &deviceIssuer{Issuer: ca, clientCAs: ca.RootPool(), close: func() {}}, nil
@@ -99,12 +131,22 @@ func newIssuer(ctx context.Context, cfg IssuerConfig, ca *pki.CA, st store.Store
 	sc := cfg.StepCA
 	var missing []string
 	for _, f := range []struct{ flag, v string }{
-		{"--stepca-url", sc.URL}, {"--stepca-root", sc.RootFile},
-		{"--stepca-provisioner", sc.Provisioner}, {"--stepca-provisioner-key", sc.ProvisionerKeyFile},
+		{"--stepca-url", sc.URL}, {"--stepca-root", sc.RootFile}, {"--stepca-provisioner", sc.Provisioner},
 	} {
 		if f.v == "" {
 			missing = append(missing, f.flag)
 		}
+	}
+	x5c := sc.X5CCertFile != "" || sc.X5CKeyFile != ""
+	switch {
+	case x5c && sc.ProvisionerKeyFile != "":
+		return nil, errors.New("--stepca-provisioner-key (JWK provisioner) and --stepca-x5c-cert/--stepca-x5c-key (X5C provisioner) exclude each other: give one")
+	case x5c && sc.X5CCertFile == "":
+		missing = append(missing, "--stepca-x5c-cert")
+	case x5c && sc.X5CKeyFile == "":
+		missing = append(missing, "--stepca-x5c-key")
+	case !x5c && sc.ProvisionerKeyFile == "":
+		missing = append(missing, "--stepca-provisioner-key (JWK provisioner) or --stepca-x5c-cert and --stepca-x5c-key (X5C provisioner)")
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("--issuer stepca needs %v", missing)
@@ -113,14 +155,18 @@ func newIssuer(ctx context.Context, cfg IssuerConfig, ca *pki.CA, st store.Store
 	if err != nil {
 		return nil, fmt.Errorf("reading the step-ca root: %w", err)
 	}
-	key, err := stepca.ReadProvisionerKey(sc.ProvisionerKeyFile, sc.ProvisionerPasswordFile)
-	if err != nil {
+	opts := stepca.Options{
+		URL: sc.URL, Roots: roots, Provisioner: sc.Provisioner,
+		TrustDomain: ca.TrustDomain(), Timeout: sc.Timeout,
+	}
+	if x5c {
+		if opts.X5C, err = stepca.ReadX5CCredential(sc.X5CCertFile, sc.X5CKeyFile, sc.ProvisionerPasswordFile); err != nil {
+			return nil, err
+		}
+	} else if opts.Key, err = stepca.ReadProvisionerKey(sc.ProvisionerKeyFile, sc.ProvisionerPasswordFile); err != nil {
 		return nil, err
 	}
-	iss, err := stepca.New(stepca.Options{
-		URL: sc.URL, Roots: roots, Provisioner: sc.Provisioner, Key: key,
-		TrustDomain: ca.TrustDomain(), Timeout: sc.Timeout,
-	})
+	iss, err := stepca.New(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +179,27 @@ func newIssuer(ctx context.Context, cfg IssuerConfig, ca *pki.CA, st store.Store
 		iss.Close()
 		return nil, err
 	}
-	log.Info("device certificates are issued by step-ca", "stepca_url", iss.URL(), "provisioner", sc.Provisioner, "kid", key.KeyID)
+	log.Info("device certificates are issued by step-ca", "stepca_url", iss.URL(), "provisioner", sc.Provisioner, "credential", iss.Credential())
+	if end := iss.CredentialNotAfter(); !end.IsZero() && time.Until(end) < x5cExpiryWarning {
+		log.Warn("the x5c certificate expires soon: device certificates end no later, and none is issued in its last minutes; renew it and restart enrolld",
+			"not_after", end.UTC().Format(time.RFC3339))
+	}
+
+	fw, err := enrollserver.NewRevocationForwarder(enrollserver.RevocationForwarderConfig{Store: st, CA: ca, Revoker: iss, Logger: log})
+	if err != nil {
+		iss.Close()
+		return nil, err
+	}
+	interval := sc.RevocationRetryInterval
+	if interval <= 0 {
+		interval = DefaultRevocationRetryInterval
+	}
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fw.Run(fctx, interval)
+	}()
 
 	clientCAs := ca.RootPool()
 	// The step-ca roots are added to the enrollment root's pool.
@@ -144,7 +210,9 @@ func newIssuer(ctx context.Context, cfg IssuerConfig, ca *pki.CA, st store.Store
 		Issuer:       iss,
 		clientCAs:    clientCAs,
 		verifyClient: stepCAClientPolicy(ca, st),
-		close:        iss.Close,
+		// The forwarder stops before the step-ca client and the store
+		// (closed after this by Run) go away.
+		close: func() { stop(); <-done; iss.Close() },
 	}, nil
 }
 

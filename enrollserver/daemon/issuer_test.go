@@ -1,13 +1,16 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -17,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -413,4 +417,150 @@ func TestRotateIntermediateKeepsDevicesEnrolled(t *testing.T) {
 	if who, err := a.Whoami(context.Background()); err != nil || who.DeviceID != a.DeviceID() {
 		t.Errorf("whoami after the re-enrollment: %+v, %v", who, err)
 	}
+}
+
+// withX5C configures enrolld for sca's X5C provisioner instead of its JWK
+// provisioner.
+func withX5C(sca *stepcatest.CA) func(*daemon.Config) {
+	return func(c *daemon.Config) {
+		sc := &c.Issuer.StepCA
+		sc.Provisioner, sc.ProvisionerKeyFile = sca.X5CProvisioner, ""
+		sc.X5CCertFile, sc.X5CKeyFile = sca.X5CCertFile, sca.X5CKeyFile
+	}
+}
+
+// With an X5C credential (--stepca-x5c-cert, --stepca-x5c-key) the step-ca's
+// X5C provisioner issues the device certificate, which ends no later than
+// the credential.
+func TestEnrollWithStepCAX5C(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	sca := stepcatest.Start(t, &stepcatest.Options{Template: clientAuthTemplate})
+	e, err := startEnrolld(t, sca, mfr, withX5C(sca))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(t, e, tpmDir, e.deviceRoots(t, sca.Root))
+	res, err := a.Enroll(context.Background(), once)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := res.Leaf.Verify(x509.VerifyOptions{Roots: sca.RootPool(), Intermediates: pool(res.Chain[1:]...), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("leaf does not chain to step-ca's root: %v", err)
+	}
+	if res.Leaf.NotAfter.After(sca.X5CChain[0].NotAfter) {
+		t.Errorf("leaf ends %s, after the x5c credential's %s", res.Leaf.NotAfter, sca.X5CChain[0].NotAfter)
+	}
+	if who, err := a.Whoami(context.Background()); err != nil || who.Serial != res.Leaf.SerialNumber.Text(16) {
+		t.Errorf("whoami with the step-ca certificate: %+v, %v", who, err)
+	}
+}
+
+// X5C flags: exactly one credential, complete, and one the step-ca's X5C
+// provisioner accepts.
+func TestStepCAX5CConfigRefused(t *testing.T) {
+	mfr := newManufacturer(t)
+	sca := stepcatest.Start(t, nil)
+	dir := t.TempDir()
+	now := time.Now()
+	writeCred := func(name string, chain []*x509.Certificate, key crypto.Signer) (string, string) {
+		certFile, keyFile := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		stepcatest.WriteChain(t, certFile, chain)
+		stepcatest.WriteKey(t, keyFile, key, nil)
+		return certFile, keyFile
+	}
+	chain, key := stepcatest.NewX5CAuthority(t, "forged").Issue(t, "enrolld", now.Add(-time.Minute), now.Add(time.Hour))
+	forgedCert, forgedKey := writeCred("forged", chain, key)
+	chain, key = sca.X5C.Issue(t, "enrolld", now.Add(-2*time.Hour), now.Add(-time.Hour))
+	expiredCert, expiredKey := writeCred("expired", chain, key)
+	x5c := withX5C(sca)
+	tests := []struct {
+		name string
+		edit func(*daemon.Config)
+		is   error
+		want string
+	}{
+		{"JWK key and x5c", func(c *daemon.Config) { x5c(c); c.Issuer.StepCA.ProvisionerKeyFile = sca.KeyFile }, nil, "exclude each other"},
+		{"x5c cert without key", func(c *daemon.Config) { x5c(c); c.Issuer.StepCA.X5CKeyFile = "" }, nil, "--stepca-x5c-key"},
+		{"x5c key without cert", func(c *daemon.Config) { x5c(c); c.Issuer.StepCA.X5CCertFile = "" }, nil, "--stepca-x5c-cert"},
+		{"no credential", func(c *daemon.Config) { c.Issuer.StepCA.ProvisionerKeyFile = "" }, nil, "--stepca-provisioner-key (JWK provisioner) or --stepca-x5c-cert"},
+		{"forged chain", func(c *daemon.Config) {
+			x5c(c)
+			c.Issuer.StepCA.X5CCertFile, c.Issuer.StepCA.X5CKeyFile, c.Issuer.StepCA.ProvisionerPasswordFile = forgedCert, forgedKey, ""
+		}, stepca.ErrProvisioner, "does not chain to the roots"},
+		{"expired credential", func(c *daemon.Config) {
+			x5c(c)
+			c.Issuer.StepCA.X5CCertFile, c.Issuer.StepCA.X5CKeyFile, c.Issuer.StepCA.ProvisionerPasswordFile = expiredCert, expiredKey, ""
+		}, stepca.ErrCredentialExpired, "valid from"},
+		{"x5c for the JWK provisioner", func(c *daemon.Config) { x5c(c); c.Issuer.StepCA.Provisioner = sca.Provisioner }, stepca.ErrProvisioner, "of type JWK"},
+		{"x5c flags without --issuer stepca", func(c *daemon.Config) {
+			c.Issuer = daemon.IssuerConfig{StepCA: daemon.StepCAConfig{X5CCertFile: sca.X5CCertFile}}
+		}, nil, "--issuer is not stepca"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := startEnrolld(t, sca, mfr, tt.edit)
+			if err == nil || (tt.is != nil && !errors.Is(err, tt.is)) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v; want %v about %q", err, tt.is, tt.want)
+			}
+		})
+	}
+}
+
+// An operator's revoke through enrolld's admin API reaches the step-ca;
+// when the step-ca is down then, enrolld's retry pass forwards it once the
+// step-ca is back.
+func TestStepCARevocationForwarded(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	sca := stepcatest.Start(t, &stepcatest.Options{Template: clientAuthTemplate})
+	e, err := startEnrolld(t, sca, mfr, func(c *daemon.Config) { c.Issuer.StepCA.RevocationRetryInterval = 100 * time.Millisecond })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(t, e, tpmDir, e.deviceRoots(t, sca.Root))
+	res, err := a.Enroll(context.Background(), once)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := res.Leaf.SerialNumber.Text(16)
+
+	sca.Stop()
+	if err := e.admin(t, api.PathAdminDevices+"/"+string(api.ActionRevoke), &api.DeviceActionRequest{DeviceIDs: []string{a.DeviceID()}, Reason: "stolen"}); err != nil {
+		t.Fatalf("revoke with step-ca down: %v", err)
+	}
+	start := time.Now()
+	sca.Restart(t)
+	for !slices.Contains(sca.RevokedSerials(t), serial) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("serial %s did not reach step-ca's CRL", serial)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("the revocation reached step-ca %s after it came back", time.Since(start).Round(time.Millisecond))
+}
+
+// admin POSTs v to enrolld's admin API with the bootstrap admin credential.
+func (e *enrolld) admin(t *testing.T, path string, v any) error {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(daemon.AdminDir(e.dataDir), "operator.crt"), filepath.Join(daemon.AdminDir(e.dataDir), "operator.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: e.deviceRoots(t), Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13,
+	}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Post(e.url+path, api.ContentTypeJSON, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status + ": " + string(out))
+	}
+	return nil
 }

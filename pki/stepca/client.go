@@ -63,17 +63,59 @@ func newHTTPClient(roots *x509.CertPool, timeout time.Duration) *http.Client {
 	}
 }
 
+// revokeRequest is POST /1.0/revoke's body.
+type revokeRequest struct {
+	Serial     string `json:"serial"` // decimal, or hex with 0x
+	OTT        string `json:"ott"`
+	ReasonCode int    `json:"reasonCode"`
+	Reason     string `json:"reason"`
+	// Passive must be true: step-ca implements nothing else.
+	Passive bool `json:"passive"`
+}
+
 // do sends one request to step-ca and returns the body of a 2xx answer.
 // Everything else becomes ErrUnavailable (no answer, 5xx), ErrProvisioner
-// (401) or ErrRefused (other 4xx), with step-ca's message.
+// (401) or ErrRefused (other 4xx, and 501), with step-ca's message.
 func (iss *Issuer) do(ctx context.Context, method, url string, body []byte) ([]byte, error) {
+	code, status, data, err := iss.send(ctx, method, url, body)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case code >= 200 && code < 300:
+		return data, nil
+	case code == http.StatusUnauthorized:
+		return nil, fmt.Errorf("%w: step-ca answered %s to the token of provisioner %q (%s): %s; check that it is a %s provisioner of this CA, that the %s, and that the clocks agree",
+			ErrProvisioner, status, iss.cfg.provisioner, &iss.cfg.cred, errorMessage(data), iss.cfg.cred.kind(), iss.credentialHint())
+	case code == http.StatusNotImplemented:
+		// Not a passing failure: step-ca lacks the feature (a revocation
+		// without a database), and retrying will not help.
+		return nil, fmt.Errorf("%w: %s %s answered %s: %s", ErrRefused, method, url, status, errorMessage(data))
+	case code >= 500:
+		return nil, fmt.Errorf("%w: %s %s answered %s: %s", ErrUnavailable, method, url, status, errorMessage(data))
+	default:
+		return nil, fmt.Errorf("%w: %s %s answered %s: %s", ErrRefused, method, url, status, errorMessage(data))
+	}
+}
+
+// credentialHint says what must match for step-ca to accept our tokens.
+func (iss *Issuer) credentialHint() string {
+	if iss.cfg.cred.isX5C() {
+		return "x5c certificate chains to its roots and is valid"
+	}
+	return "key file is its key"
+}
+
+// send sends one request and returns the answer's status and body (at
+// most MaxResponseBytes); no answer at all is ErrUnavailable.
+func (iss *Issuer) send(ctx context.Context, method, url string, body []byte) (code int, status string, data []byte, err error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
-		return nil, fmt.Errorf("building request: %w", err)
+		return 0, "", nil, fmt.Errorf("building request: %w", err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -82,29 +124,19 @@ func (iss *Issuer) do(ctx context.Context, method, url string, body []byte) ([]b
 	resp, err := iss.client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
-			return nil, fmt.Errorf("%w: no answer from %s %s within %s", ErrUnavailable, method, url, iss.cfg.timeout)
+			return 0, "", nil, fmt.Errorf("%w: no answer from %s %s within %s", ErrUnavailable, method, url, iss.cfg.timeout)
 		}
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return 0, "", nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	data, err = io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the answer of %s %s: %w", ErrUnavailable, method, url, err)
+		return 0, "", nil, fmt.Errorf("%w: reading the answer of %s %s: %w", ErrUnavailable, method, url, err)
 	}
 	if len(data) > MaxResponseBytes {
-		return nil, fmt.Errorf("%w: %s %s answered more than %d bytes", ErrUnavailable, method, url, MaxResponseBytes)
+		return 0, "", nil, fmt.Errorf("%w: %s %s answered more than %d bytes", ErrUnavailable, method, url, MaxResponseBytes)
 	}
-	switch code := resp.StatusCode; {
-	case code >= 200 && code < 300:
-		return data, nil
-	case code == http.StatusUnauthorized:
-		return nil, fmt.Errorf("%w: step-ca answered %s to the token of provisioner %q (key id %s): %s; check that it is a JWK provisioner of this CA, that the key file is its key, and that the clocks agree",
-			ErrProvisioner, resp.Status, iss.cfg.provisioner, iss.cfg.key.KeyID, errorMessage(data))
-	case code >= 500:
-		return nil, fmt.Errorf("%w: %s %s answered %s: %s", ErrUnavailable, method, url, resp.Status, errorMessage(data))
-	default:
-		return nil, fmt.Errorf("%w: %s %s answered %s: %s", ErrRefused, method, url, resp.Status, errorMessage(data))
-	}
+	return resp.StatusCode, resp.Status, data, nil
 }
 
 func isTimeout(err error) bool {

@@ -65,7 +65,10 @@ func (iss *Issuer) Close() { iss.client.CloseIdleConnections() }
 //     embedded CA does (pki's sentinels), and that req.CSR is present,
 //     self-signed and carries req.PublicKey (ErrRequest);
 //  2. bounds the lifetime by the provisioner's limits, if Check has read
-//     them;
+//     them, and, with an X5C credential, ends it no later than the
+//     credential's leaf (step-ca refuses a certificate that outlives the
+//     credential); a credential not valid now, or one that leaves less than
+//     pki.MinLeafLifetime, is ErrCredentialExpired;
 //  3. signs a one-time token bound to the CSR and posts it with the CSR and
 //     NotAfter = now + lifetime, within Options.Timeout (ErrUnavailable,
 //     ErrProvisioner, ErrRefused);
@@ -103,14 +106,22 @@ func (iss *Issuer) IssueDevice(ctx context.Context, req pki.DeviceCertRequest) (
 		return nil, fmt.Errorf("%w: the CSR carries another key than the request's", ErrRequest)
 	}
 
-	// 2. The provisioner's limits.
+	// 2. The provisioner's limits, and the credential's.
 	lifetime = iss.bound(lifetime)
+	now := iss.cfg.now()
+	if err := iss.cfg.cred.checkTime(now, pki.MinLeafLifetime); err != nil {
+		return nil, err
+	}
+	notAfter := now.Add(lifetime).Truncate(time.Second)
+	if iss.cfg.cred.isX5C() {
+		if end := iss.cfg.cred.x5c.Chain[0].NotAfter; notAfter.After(end) {
+			notAfter = end
+		}
+	}
 
 	// 3. Ask.
 	ctx, cancel := context.WithTimeout(ctx, iss.cfg.timeout)
 	defer cancel()
-	now := iss.cfg.now()
-	notAfter := now.Add(lifetime).Truncate(time.Second)
 	uri := pki.DeviceURI(iss.cfg.trustDomain, req.DeviceID)
 	tok, err := iss.cfg.newToken(req.DeviceID, []string{uri.String()}, req.CSR, now)
 	if err != nil {
@@ -214,12 +225,31 @@ func (iss *Issuer) checkLeaf(chain []*x509.Certificate, req pki.DeviceCertReques
 	return nil
 }
 
-// Check asks the step-ca for its provisioners and confirms that
-// Options.Provisioner is a JWK provisioner whose public key is Options.Key's
-// (ErrProvisioner otherwise), and remembers its certificate lifetime limits
-// so IssueDevice asks within them. An unreachable CA is ErrUnavailable.
-// enrolld calls it at startup; IssueDevice works without it.
+// Check confirms at startup that the step-ca accepts our credential, and
+// remembers the provisioner's certificate lifetime limits so IssueDevice
+// asks within them. In order:
+//
+//  1. with an X5C credential, that every certificate of its chain is
+//     valid now and its leaf for at least pki.MinLeafLifetime more
+//     (ErrCredentialExpired): no device certificate may outlive the leaf,
+//     and none may be shorter than that;
+//  2. that the step-ca lists a provisioner named Options.Provisioner, of
+//     type JWK for a key or X5C for an x5c credential (ErrProvisioner);
+//  3. for JWK, that its public key is Options.Key's; for X5C, that the
+//     credential's chain verifies to the provisioner's roots, now, for
+//     clientAuth, as step-ca verifies every token's x5c header
+//     (ErrProvisioner).
+//
+// An unreachable CA is ErrUnavailable. enrolld calls it at startup;
+// IssueDevice and Revoke work without it. CredentialNotAfter says when an
+// X5C credential must have been renewed.
 func (iss *Issuer) Check(ctx context.Context) error {
+	// 1. The credential's own validity.
+	if err := iss.cfg.cred.checkTime(iss.cfg.now(), pki.MinLeafLifetime); err != nil {
+		return err
+	}
+
+	// 2. The provisioner.
 	ctx, cancel := context.WithTimeout(ctx, iss.cfg.timeout)
 	defer cancel()
 	var names []string
@@ -246,6 +276,7 @@ func (iss *Issuer) Check(ctx context.Context) error {
 				names = append(names, p.Name)
 				continue
 			}
+			// 3. Its key or roots.
 			return iss.checkProvisioner(p)
 		}
 		if page.NextCursor == "" || len(page.Provisioners) == 0 {
@@ -259,11 +290,27 @@ func (iss *Issuer) Check(ctx context.Context) error {
 	return fmt.Errorf("%w: %s has no provisioner named %q (it has %s)", ErrProvisioner, iss.cfg.base, iss.cfg.provisioner, strings.Join(names, ", "))
 }
 
+// CredentialNotAfter is when the X5C credential's leaf expires: device
+// certificates end no later, and none is issued in its last
+// pki.MinLeafLifetime. It is the zero time for a JWK key.
+func (iss *Issuer) CredentialNotAfter() time.Time {
+	if !iss.cfg.cred.isX5C() {
+		return time.Time{}
+	}
+	return iss.cfg.cred.x5c.Chain[0].NotAfter
+}
+
+// Credential names the credential tokens are signed with, for logs: the
+// JWK key ID, or the x5c certificate's subject and serial.
+func (iss *Issuer) Credential() string { return iss.cfg.cred.String() }
+
 // provisionerEntry is the part of a /1.0/provisioners entry we read.
 type provisionerEntry struct {
-	Type   string           `json:"type"`
-	Name   string           `json:"name"`
-	Key    *jose.JSONWebKey `json:"key"`
+	Type string           `json:"type"`
+	Name string           `json:"name"`
+	Key  *jose.JSONWebKey `json:"key"`
+	// Roots are an X5C provisioner's roots: PEM (base64 in the JSON).
+	Roots  []byte `json:"roots"`
 	Claims *struct {
 		Min string `json:"minTLSCertDuration"`
 		Max string `json:"maxTLSCertDuration"`
@@ -271,19 +318,27 @@ type provisionerEntry struct {
 }
 
 func (iss *Issuer) checkProvisioner(p provisionerEntry) error {
-	if !strings.EqualFold(p.Type, "JWK") {
-		return fmt.Errorf("%w: provisioner %q is of type %s; edgeenroll signs tokens for a JWK provisioner", ErrProvisioner, p.Name, p.Type)
+	cred := &iss.cfg.cred
+	if !strings.EqualFold(p.Type, cred.kind()) {
+		return fmt.Errorf("%w: provisioner %q is of type %s, but the credential (%s) is for a %s provisioner",
+			ErrProvisioner, p.Name, p.Type, cred, cred.kind())
 	}
-	ours := iss.cfg.key
-	switch {
-	case p.Key == nil:
-		return fmt.Errorf("%w: provisioner %q lists no key", ErrProvisioner, p.Name)
-	case p.Key.KeyID != ours.KeyID:
-		return fmt.Errorf("%w: provisioner %q has key %s, but the configured key is %s: the key file is not this provisioner's key",
-			ErrProvisioner, p.Name, p.Key.KeyID, ours.KeyID)
-	case !publicKeysEqual(p.Key.Key, ours.Public().Key):
-		return fmt.Errorf("%w: provisioner %q has another public key under key id %s: the key file is not this provisioner's key",
-			ErrProvisioner, p.Name, ours.KeyID)
+	if cred.isX5C() {
+		if err := iss.checkX5CRoots(p); err != nil {
+			return err
+		}
+	} else {
+		ours := cred.jwk
+		switch {
+		case p.Key == nil:
+			return fmt.Errorf("%w: provisioner %q lists no key", ErrProvisioner, p.Name)
+		case p.Key.KeyID != ours.KeyID:
+			return fmt.Errorf("%w: provisioner %q has key %s, but the configured key is %s: the key file is not this provisioner's key",
+				ErrProvisioner, p.Name, p.Key.KeyID, ours.KeyID)
+		case !publicKeysEqual(p.Key.Key, ours.Public().Key):
+			return fmt.Errorf("%w: provisioner %q has another public key under key id %s: the key file is not this provisioner's key",
+				ErrProvisioner, p.Name, ours.KeyID)
+		}
 	}
 	var l lifetimeLimits
 	if p.Claims != nil {
@@ -291,6 +346,39 @@ func (iss *Issuer) checkProvisioner(p provisionerEntry) error {
 		l.max, _ = time.ParseDuration(p.Claims.Max)
 	}
 	iss.limits.Store(&l)
+	return nil
+}
+
+// checkX5CRoots verifies the credential's chain to the roots an X5C
+// provisioner lists, as step-ca verifies a token's x5c header.
+func (iss *Issuer) checkX5CRoots(p provisionerEntry) error {
+	roots := x509.NewCertPool()
+	n := 0
+	for rest := p.Roots; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(block.Bytes); err == nil && block.Type == "CERTIFICATE" {
+			roots.AddCert(c)
+			n++
+		}
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: provisioner %q lists no roots", ErrProvisioner, p.Name)
+	}
+	chain := iss.cfg.cred.x5c.Chain
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: inter, CurrentTime: iss.cfg.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return fmt.Errorf("%w: the %s does not chain to the roots of provisioner %q: %w", ErrProvisioner, &iss.cfg.cred, p.Name, err)
+	}
 	return nil
 }
 

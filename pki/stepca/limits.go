@@ -29,4 +29,14 @@ const (
 	MaxKeyFileBytes = 64 << 10
 	// maxErrorMessage caps how much of step-ca's error message we repeat.
 	maxErrorMessage = 300
+
+	// maxSerialBits bounds a serial number Revoke accepts: RFC 5280 allows
+	// 20 octets.
+	maxSerialBits = 160
+	// maxReasonCode is the highest RFC 5280 CRLReason (aACompromise);
+	// step-ca refuses higher codes.
+	maxReasonCode = 10
+	// MaxRevokeReasonBytes caps the reason text Revoke sends; longer text
+	// is cut. step-ca stores it with the revocation.
+	MaxRevokeReasonBytes = 512
 )

@@ -15,8 +15,8 @@ import (
 	"github.com/edgeenroll/edgeenroll/pki"
 )
 
-// Options configure an Issuer. URL, Roots, Provisioner and Key are
-// required; zero values of the others take their defaults.
+// Options configure an Issuer. URL, Roots, Provisioner and exactly one of
+// Key and X5C are required; zero values of the others take their defaults.
 type Options struct {
 	// URL is the step-ca's base URL, https://ca.example.com:9000. Its host
 	// must be one of the CA's dnsNames: the token audience is
@@ -26,10 +26,15 @@ type Options struct {
 	// certificate and every returned chain must verify to them; the
 	// system roots are never used.
 	Roots []byte
-	// Provisioner is the name of a JWK provisioner of the step-ca.
+	// Provisioner is the name of a JWK provisioner of the step-ca (with
+	// Key) or of an X5C provisioner (with X5C).
 	Provisioner string
-	// Key is the provisioner's private key (ReadProvisionerKey).
+	// Key is a JWK provisioner's private key (ReadProvisionerKey).
 	Key *jose.JSONWebKey
+	// X5C is a certificate and key that chain to the roots of an X5C
+	// provisioner (ReadX5CCredential). Tokens carry its chain in their
+	// x5c header, and no certificate asked for ends after its leaf.
+	X5C *X5CCredential
 	// TrustDomain of the device URI SANs asked for; it must be the
 	// embedded CA's (pki.CA.TrustDomain). Default pki.DefaultTrustDomain.
 	TrustDomain string
@@ -48,23 +53,26 @@ type Options struct {
 type config struct {
 	base            *url.URL
 	signURL         string
+	revokeURL       string
 	provisionersURL string
-	audience        string
-	roots           *x509.CertPool
-	provisioner     string
-	key             *jose.JSONWebKey
-	alg             jose.SignatureAlgorithm
-	trustDomain     string
-	timeout         time.Duration
-	now             func() time.Time
-	rand            io.Reader
+	// audience and revokeAudience are the aud of sign and revoke tokens:
+	// the endpoint's URL, with #x5c/<provisioner> for an X5C provisioner
+	// (step-ca finds the provisioner of an X5C token by that fragment).
+	audience       string
+	revokeAudience string
+	roots          *x509.CertPool
+	provisioner    string
+	cred           credential
+	trustDomain    string
+	timeout        time.Duration
+	now            func() time.Time
+	rand           io.Reader
 }
 
 // buildConfig applies defaults and reports every invalid field at once.
 func buildConfig(o Options) (config, error) {
 	c := config{
 		provisioner: o.Provisioner,
-		key:         o.Key,
 		trustDomain: o.TrustDomain,
 		timeout:     o.Timeout,
 		now:         o.Now,
@@ -89,8 +97,15 @@ func buildConfig(o Options) (config, error) {
 	} else {
 		c.base = u
 		c.signURL = u.JoinPath("1.0", "sign").String()
+		c.revokeURL = u.JoinPath("1.0", "revoke").String()
 		c.provisionersURL = u.JoinPath("1.0", "provisioners").String()
-		c.audience = c.signURL
+		c.audience, c.revokeAudience = c.signURL, c.revokeURL
+		if o.X5C != nil && o.Key == nil {
+			// As step-ca's Audiences.WithFragment builds them.
+			frag := &url.URL{Fragment: "x5c/" + o.Provisioner}
+			c.audience = u.JoinPath("1.0", "sign").ResolveReference(frag).String()
+			c.revokeAudience = u.JoinPath("1.0", "revoke").ResolveReference(frag).String()
+		}
 	}
 	if roots, err := parseRoots(o.Roots); err != nil {
 		errs = append(errs, err)
@@ -98,12 +113,23 @@ func buildConfig(o Options) (config, error) {
 		c.roots = roots
 	}
 	if c.provisioner == "" {
-		errs = append(errs, errors.New("provisioner name is empty; name the step-ca's JWK provisioner"))
+		errs = append(errs, errors.New("provisioner name is empty; name the step-ca's JWK or X5C provisioner"))
 	}
-	if alg, err := signingAlgorithm(o.Key); err != nil {
-		errs = append(errs, err)
-	} else {
-		c.alg = alg
+	switch {
+	case o.Key != nil && o.X5C != nil:
+		errs = append(errs, errors.New("both a provisioner key and an x5c credential are set; give one (Key for a JWK provisioner, X5C for an X5C provisioner)"))
+	case o.X5C != nil:
+		if cred, err := newX5CCredential(o.X5C); err != nil {
+			errs = append(errs, err)
+		} else {
+			c.cred = cred
+		}
+	default:
+		if alg, err := signingAlgorithm(o.Key); err != nil {
+			errs = append(errs, err)
+		} else {
+			c.cred = credential{jwk: o.Key, alg: alg}
+		}
 	}
 	if err := pki.ValidateTrustDomain(c.trustDomain); err != nil {
 		errs = append(errs, err)

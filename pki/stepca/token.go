@@ -9,12 +9,10 @@ import (
 	"fmt"
 	"io"
 	"time"
-
-	"go.step.sm/crypto/jose"
 )
 
-// tokenClaims are the claims of a one-time token for /1.0/sign, as step-ca's
-// JWK provisioner reads them (authority/provisioner/jwk.go).
+// tokenClaims are the claims of a one-time token, as step-ca's JWK and X5C
+// provisioners read them (authority/provisioner/jwk.go, x5c.go).
 type tokenClaims struct {
 	Issuer    string   `json:"iss"`
 	Subject   string   `json:"sub"`
@@ -23,42 +21,54 @@ type tokenClaims struct {
 	IssuedAt  int64    `json:"iat"`
 	Expiry    int64    `json:"exp"`
 	ID        string   `json:"jti"`
-	SANs      []string `json:"sans"`
-	// Confirmation binds the token to one CSR (RFC 7800 cnf with
+	SANs      []string `json:"sans,omitempty"`
+	// Confirmation binds a sign token to one CSR (RFC 7800 cnf with
 	// x5rt#S256, the base64url SHA-256 of the CSR's DER): step-ca refuses
 	// the token for any other request.
-	Confirmation confirmation `json:"cnf"`
+	Confirmation *confirmation `json:"cnf,omitempty"`
 }
 
 type confirmation struct {
 	CSRSHA256 string `json:"x5rt#S256"`
 }
 
-// newToken signs a one-time token for the CSR of subject, asking for sans.
+// newToken signs a one-time token for /1.0/sign for the CSR of subject,
+// asking for sans.
 func (c *config) newToken(subject string, sans []string, csr *x509.CertificateRequest, now time.Time) (string, error) {
+	sum := sha256.Sum256(csr.Raw)
+	return c.signToken(tokenClaims{
+		Audience:     c.audience,
+		Subject:      subject,
+		SANs:         sans,
+		Confirmation: &confirmation{CSRSHA256: base64.RawURLEncoding.EncodeToString(sum[:])},
+	}, now)
+}
+
+// newRevokeToken signs a one-time token for /1.0/revoke of the certificate
+// with the given serial (decimal, as step-ca compares it with the request's).
+func (c *config) newRevokeToken(serial string, now time.Time) (string, error) {
+	return c.signToken(tokenClaims{Audience: c.revokeAudience, Subject: serial}, now)
+}
+
+// signToken fills in issuer, times and a random jti, and signs claims with
+// the credential: a JWK token names its key (kid), an X5C token carries
+// the certificate chain (x5c).
+func (c *config) signToken(claims tokenClaims, now time.Time) (string, error) {
 	id := make([]byte, tokenIDBytes)
 	if _, err := io.ReadFull(c.rand, id); err != nil {
 		return "", fmt.Errorf("reading token id: %w", err)
 	}
-	sum := sha256.Sum256(csr.Raw)
-	payload, err := json.Marshal(tokenClaims{
-		Issuer:       c.provisioner,
-		Subject:      subject,
-		Audience:     c.audience,
-		NotBefore:    now.Unix(),
-		IssuedAt:     now.Unix(),
-		Expiry:       now.Add(TokenLifetime).Unix(),
-		ID:           hex.EncodeToString(id),
-		SANs:         sans,
-		Confirmation: confirmation{CSRSHA256: base64.RawURLEncoding.EncodeToString(sum[:])},
-	})
+	claims.Issuer = c.provisioner
+	claims.NotBefore, claims.IssuedAt = now.Unix(), now.Unix()
+	claims.Expiry = now.Add(TokenLifetime).Unix()
+	claims.ID = hex.EncodeToString(id)
+	payload, err := json.Marshal(claims)
 	if err != nil {
 		return "", fmt.Errorf("encoding token: %w", err)
 	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: c.alg, Key: c.key.Key},
-		new(jose.SignerOptions).WithType("JWT").WithHeader("kid", c.key.KeyID))
+	signer, err := c.cred.signer()
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrProvisionerKey, err)
+		return "", err
 	}
 	jws, err := signer.Sign(payload)
 	if err != nil {
