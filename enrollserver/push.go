@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
@@ -46,40 +44,6 @@ func (s *Server) notifyConfig(scope string) {
 		return
 	}
 	s.relayConfig(scope)
-}
-
-// FollowConfigChanges relays the config versions any server stores to this
-// server's config watchers (OnConfigChange), until ctx ends, when the store
-// is shared by several servers (store.ConfigWatcher): a device connected to
-// this server's broker hears of an operator's change made through another
-// server. With a store only this server uses it returns nil at once: local
-// changes are relayed as they are stored. Transient watch errors are
-// retried with backoff; it returns ctx.Err() at the end.
-func (s *Server) FollowConfigChanges(ctx context.Context) error {
-	w, ok := s.cfg.Store.(store.ConfigWatcher)
-	if !ok {
-		return nil
-	}
-	s.followingConfigs.Store(true)
-	defer s.followingConfigs.Store(false)
-	const maxBackoff = 30 * time.Second
-	backoff := 100 * time.Millisecond
-	for {
-		err := w.WatchConfigs(ctx, func(cv *store.ConfigVersion) {
-			backoff = 100 * time.Millisecond
-			s.relayConfig(cv.Scope)
-		})
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		s.log.LogAttrs(ctx, slog.LevelWarn, "config watch ended; restarting", slog.String("err", fmt.Sprint(err)), slog.Duration("backoff", backoff))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
 }
 
 func (s *Server) relayConfig(scope string) {

@@ -98,8 +98,9 @@ type Store struct {
 }
 
 var (
-	_ store.Store         = (*Store)(nil)
-	_ store.ConfigWatcher = (*Store)(nil)
+	_ store.Store             = (*Store)(nil)
+	_ store.ConfigWatcher     = (*Store)(nil)
+	_ store.RevocationWatcher = (*Store)(nil)
 )
 
 // Open connects to the cluster named by rawURL,

@@ -471,3 +471,69 @@ func BenchmarkFinishEnrollment(b *testing.B) {
 	})
 	b.ReportMetric(float64(n.Load())/time.Since(start).Seconds(), "enrollments/s")
 }
+
+// TestWatchRevocationsAcrossMembers: a revocation recorded through one
+// member reaches a watcher on another, so every server re-signs its CRL.
+func TestWatchRevocationsAcrossMembers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	p := prefix(t)
+	watcher := open(t, cluster.Client(t, 0), p, nil)
+	writer := open(t, cluster.Client(t, 2), p, nil)
+	got := make(chan *store.Revocation, 100)
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- watcher.WatchRevocations(wctx, func(r *store.Revocation) { got <- r }) }()
+	// The watch starts asynchronously: enroll and revoke devices until
+	// one revocation is seen, then one more whose serial must follow.
+	revoke := func(i int) string {
+		t.Helper()
+		dev, sess, serial := fmt.Sprintf("dev%d", i), fmt.Sprintf("s%d", i), fmt.Sprintf("c%d", i)
+		if err := writer.CreateSession(ctx, session(sess, dev, t0, time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := writer.FinishEnrollment(ctx, sess, t0, &store.IssuedCertificate{Serial: serial, DeviceID: dev, SessionID: sess, NotAfter: t0.Add(time.Hour)}, enroll(dev, sess)); err != nil {
+			t.Fatal(err)
+		}
+		err := writer.UpdateDevices(ctx, []string{dev}, func(id string, prev *store.Device) (*store.DeviceChange, error) {
+			next := *prev
+			next.Status = store.StatusRevoked
+			return &store.DeviceChange{Device: &next, Revoke: &store.Revocation{RevokedAt: t0, Reason: "test"}}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return serial
+	}
+	i := 0
+	for seen := false; !seen; i++ {
+		revoke(i)
+		select {
+		case <-got:
+			seen = true
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("watch saw nothing")
+		}
+	}
+	for len(got) > 0 {
+		<-got
+	}
+	time.Sleep(100 * time.Millisecond)
+	for len(got) > 0 {
+		<-got
+	}
+	want := revoke(i)
+	select {
+	case r := <-got:
+		if r.Serial != want || r.DeviceID != fmt.Sprintf("dev%d", i) {
+			t.Errorf("watched revocation %+v, want serial %s", r, want)
+		}
+	case <-ctx.Done():
+		t.Fatal("the revocation never came")
+	}
+	stop()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("WatchRevocations returned %v, want context.Canceled", err)
+	}
+}

@@ -124,16 +124,27 @@ func (s *Store) ConfigHistory(ctx context.Context, scope string, fn func(*store.
 	return scanJSON(ctx, s, p, end(p), true, fn)
 }
 
-// WatchConfigs implements store.ConfigWatcher with an etcd watch of the
-// config keys from the revision the call began at. When the watch ends
-// with an error (its member died, lost its leader, or the stream broke)
-// it is resumed from the revision after the last event delivered, so no
-// version is reported twice or skipped. One case loses versions: if etcd
-// compacted its history past that revision while the watch was down, the
-// watch resumes from the compaction revision and the versions committed
-// in between are not reported (a warning is logged: read ConfigHistory
-// to catch up).
+// WatchConfigs implements store.ConfigWatcher: it reports config versions
+// stored by any client, in commit order, from the revision current when it
+// was called (see watchPuts).
 func (s *Store) WatchConfigs(ctx context.Context, fn func(*store.ConfigVersion)) error {
+	return watchPuts(ctx, s, "config", s.k.configs(), fn)
+}
+
+// WatchRevocations implements store.RevocationWatcher: it reports
+// certificate revocations recorded by any client, in commit order, from the
+// revision current when it was called (see watchPuts).
+func (s *Store) WatchRevocations(ctx context.Context, fn func(*store.Revocation)) error {
+	return watchPuts(ctx, s, "revocation", s.k.revocations(), fn)
+}
+
+// watchPuts calls fn for every value put under prefix after the call
+// began, in commit order, until ctx ends. After an error it resumes from
+// the revision after the last event delivered. If etcd compacted past that
+// point it resumes from the compaction revision and logs a warning: the
+// values put in between are not reported (etcd keeps no history before
+// its compaction revision).
+func watchPuts[T any](ctx context.Context, s *Store, what, prefix string, fn func(*T)) error {
 	if err := s.begin(ctx); err != nil {
 		return err
 	}
@@ -141,16 +152,16 @@ func (s *Store) WatchConfigs(ctx context.Context, fn func(*store.ConfigVersion))
 	resp, err := s.cli.Get(rctx, s.k.meta("schema"))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("starting config watch: %w", err)
+		return fmt.Errorf("starting %s watch: %w", what, err)
 	}
 	next := resp.Header.Revision + 1
 	for {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := s.cli.Watch(wctx, s.k.configs(), clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithFilterDelete())
+		wch := s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithFilterDelete())
 		var werr error
 		for wr := range wch {
 			if wr.CompactRevision != 0 {
-				s.log.Warn("config watch: history compacted; versions between the revisions were not reported",
+				s.log.Warn(what+" watch: history compacted; changes between the revisions were not reported",
 					"from_revision", next, "compact_revision", wr.CompactRevision)
 				next = wr.CompactRevision
 				werr = fmt.Errorf("compacted")
@@ -163,11 +174,11 @@ func (s *Store) WatchConfigs(ctx context.Context, fn func(*store.ConfigVersion))
 				if ev.Type != mvccpb.PUT {
 					continue
 				}
-				cv, err := decode[store.ConfigVersion](ev.Kv)
+				v, err := decode[T](ev.Kv)
 				if err != nil {
-					s.log.Error("config watch: undecodable config version", "key", s.k.rel(string(ev.Kv.Key)), "err", err)
+					s.log.Error(what+" watch: undecodable value", "key", s.k.rel(string(ev.Kv.Key)), "err", err)
 				} else {
-					fn(cv)
+					fn(v)
 				}
 				next = ev.Kv.ModRevision + 1
 			}
@@ -180,10 +191,10 @@ func (s *Store) WatchConfigs(ctx context.Context, fn func(*store.ConfigVersion))
 			return store.ErrClosed
 		}
 		if err := s.cli.Ctx().Err(); err != nil {
-			return fmt.Errorf("config watch: etcd client closed: %w", err)
+			return fmt.Errorf("%s watch: etcd client closed: %w", what, err)
 		}
 		if werr != nil {
-			s.log.Info("config watch: resuming", "revision", next, "err", werr.Error())
+			s.log.Info(what+" watch: resuming", "revision", next, "err", werr.Error())
 		}
 		select {
 		case <-ctx.Done():
