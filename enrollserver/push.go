@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
@@ -31,10 +32,45 @@ func (c ConfigChange) Concerns(deviceID, group string) bool {
 
 // OnConfigChange registers fn to be called after every stored config
 // version, so a transport that keeps devices connected (MQTT) can push the
-// new bundle. fn runs on the admin call's goroutine and must not block.
-// Register before serving.
-func (s *Server) OnConfigChange(fn func(ConfigChange)) {
-	s.configWatchers = append(s.configWatchers, fn)
+// new bundle, and returns a function that unregisters it. fn runs on the
+// admin call's (or the store watch's) goroutine and must not block.
+func (s *Server) OnConfigChange(fn func(ConfigChange)) (unregister func()) {
+	return s.configWatchers.add(fn)
+}
+
+// configWatchers are the functions OnConfigChange registered.
+type configWatchers struct {
+	mu   sync.Mutex
+	next int
+	fns  map[int]func(ConfigChange)
+}
+
+func (w *configWatchers) add(fn func(ConfigChange)) func() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fns == nil {
+		w.fns = map[int]func(ConfigChange){}
+	}
+	id := w.next
+	w.next++
+	w.fns[id] = fn
+	return func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		delete(w.fns, id)
+	}
+}
+
+func (w *configWatchers) call(c ConfigChange) {
+	w.mu.Lock()
+	fns := make([]func(ConfigChange), 0, len(w.fns))
+	for _, fn := range w.fns {
+		fns = append(fns, fn)
+	}
+	w.mu.Unlock()
+	for _, fn := range fns {
+		fn(c)
+	}
 }
 
 // notifyConfig tells the config watchers about a version this server
@@ -53,9 +89,7 @@ func (s *Server) relayConfig(scope string) {
 	} else if g, ok := strings.CutPrefix(scope, "group/"); ok {
 		c.Group = g
 	}
-	for _, fn := range s.configWatchers {
-		fn(c)
-	}
+	s.configWatchers.call(c)
 }
 
 // SignedBundle signs the config bundle device id would receive now, for a

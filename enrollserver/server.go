@@ -133,7 +133,7 @@ type Server struct {
 	metrics *metrics
 	seal    *sealKeys
 	// configWatchers hear about every new config version (push).
-	configWatchers []func(ConfigChange)
+	configWatchers configWatchers
 	// followingConfigs is set while FollowConfigChanges relays a shared
 	// store's config versions; local puts then leave notifying to it.
 	followingConfigs atomic.Bool

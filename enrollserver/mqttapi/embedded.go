@@ -35,6 +35,8 @@ type Broker struct {
 	td  string
 	log *slog.Logger
 	srv *mqtt.Server
+	// unwatch stops config pushes.
+	unwatch func()
 
 	mu      sync.Mutex
 	devices map[string]deviceConn // client ID → its certified connection
@@ -95,7 +97,7 @@ func New(core *enrollserver.Server, opts Options) (*Broker, error) {
 	if err := b.srv.Serve(); err != nil {
 		return fail(fmt.Errorf("starting mqtt broker: %w", err))
 	}
-	core.OnConfigChange(b.pushConfig)
+	b.unwatch = core.OnConfigChange(b.pushConfig)
 	return b, nil
 }
 
@@ -109,6 +111,7 @@ func (b *Broker) Addr() string {
 
 // Close stops the broker and waits for requests in flight.
 func (b *Broker) Close() error {
+	b.unwatch()
 	err := b.srv.Close()
 	b.h.close()
 	return err

@@ -32,9 +32,10 @@ type ExternalOptions struct {
 // broker authenticates devices and enforces the topic ACLs; see
 // deploy/mosquitto. The handler is the one the embedded broker uses.
 type External struct {
-	h   *handler
-	c   paho.Client
-	log *slog.Logger
+	h       *handler
+	c       paho.Client
+	log     *slog.Logger
+	unwatch func() // stops config pushes
 }
 
 // NewExternal connects to the broker, subscribes to every client's request
@@ -91,12 +92,13 @@ func NewExternal(ctx context.Context, core *enrollserver.Server, opts ExternalOp
 		e.h.close()
 		return nil, ctx.Err()
 	}
-	core.OnConfigChange(e.pushConfig)
+	e.unwatch = core.OnConfigChange(e.pushConfig)
 	return e, nil
 }
 
 // Close disconnects and waits for requests in flight.
 func (e *External) Close() error {
+	e.unwatch()
 	e.c.Disconnect(250)
 	e.h.close()
 	return nil

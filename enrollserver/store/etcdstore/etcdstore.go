@@ -101,6 +101,7 @@ var (
 	_ store.Store             = (*Store)(nil)
 	_ store.ConfigWatcher     = (*Store)(nil)
 	_ store.RevocationWatcher = (*Store)(nil)
+	_ store.Leadership        = (*Store)(nil)
 )
 
 // Open connects to the cluster named by rawURL,

@@ -537,3 +537,54 @@ func TestWatchRevocationsAcrossMembers(t *testing.T) {
 		t.Errorf("WatchRevocations returned %v, want context.Canceled", err)
 	}
 }
+
+// TestLead: one of two servers, on different members, holds a role; the
+// other takes it over when the first resigns, and not before.
+func TestLead(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	p := prefix(t)
+	a := open(t, cluster.Client(t, 0), p, nil)
+	b := open(t, cluster.Client(t, 1), p, nil)
+	heldA, resignA, err := a.Lead(ctx, "broker", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type lead struct {
+		held   context.Context
+		resign func()
+		err    error
+	}
+	bc := make(chan lead, 1)
+	go func() {
+		h, r, err := b.Lead(ctx, "broker", "b")
+		bc <- lead{h, r, err}
+	}()
+	select {
+	case l := <-bc:
+		t.Fatalf("b led while a held the role (err %v)", l.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if heldA.Err() != nil {
+		t.Fatal("a lost the role without resigning")
+	}
+	resignA()
+	if heldA.Err() == nil {
+		t.Error("a's held context lives on after resigning")
+	}
+	select {
+	case l := <-bc:
+		if l.err != nil {
+			t.Fatal(l.err)
+		}
+		if l.held.Err() != nil {
+			t.Error("b's role ended at once")
+		}
+		l.resign()
+	case <-ctx.Done():
+		t.Fatal("b never took the role over")
+	}
+	if _, _, err := a.Lead(ctx, "bad/role", "a"); err == nil {
+		t.Error("a role with / was accepted")
+	}
+}

@@ -29,12 +29,14 @@ import (
 //	importrows/<id>/<line hex>    StagedRow
 //	journals/<jid>, journal/<jid>/<chunk hex>   bulk-write journal (bulk.go)
 //	locks/bulk/…                  the bulk-write lock (concurrency.Mutex)
+//	elect/<role>/…                a role's election (concurrency.Election: lead.go)
 //	meta/{schema,audit_seq,crl_number,config_seq}
 //
 // Fixed-width lowercase hex keeps numeric order equal to key order.
 type keys struct{ p string }
 
 func (k keys) meta(name string) string     { return k.p + "meta/" + name }
+func (k keys) elect(role string) string    { return k.p + "elect/" + role }
 func (k keys) session(id string) string    { return k.p + "sessions/" + id }
 func (k keys) sessions() string            { return k.p + "sessions/" }
 func (k keys) completed(id string) string  { return k.p + "completed/" + id }

@@ -64,6 +64,10 @@ const (
 	// serialises pre-registration and import writes; it is kept alive
 	// while held, so it only matters when a holder dies.
 	bulkLockTTL = 15
+	// leadTTL is the lease TTL, in seconds, behind a held role (Lead):
+	// a server that stops reaching etcd loses its role within it, and
+	// another server takes over.
+	leadTTL = 10
 	// DefaultBulkLockWait bounds the wait for that lock.
 	DefaultBulkLockWait = 30 * time.Second
 	// journalChunkOps is how many writes one journal chunk (and so one
