@@ -33,16 +33,24 @@ func Decode(r io.Reader, limit int64, v Validator) error {
 
 // Unmarshal is Decode for a body already in memory.
 func Unmarshal(body []byte, v Validator) error {
-	if err := checkDuplicateKeys(body); err != nil {
-		return Errorf(CodeBadRequest, "invalid JSON: %v", err)
+	plain := plainJSON(body)
+	if !plain {
+		// The slow, exact path: it finds and names the fault, or accepts
+		// what plainJSON is too simple to (escaped or non-ASCII keys).
+		if err := checkDuplicateKeys(body); err != nil {
+			return Errorf(CodeBadRequest, "invalid JSON: %v", err)
+		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return Errorf(CodeBadRequest, "invalid JSON: %v", err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeBadRequest, "invalid JSON: trailing data after the message")
+	// A plain body is one JSON value: nothing can trail it.
+	if !plain {
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return Errorf(CodeBadRequest, "invalid JSON: trailing data after the message")
+		}
 	}
 	if err := v.Validate(); err != nil {
 		var ae *Error
@@ -153,6 +161,97 @@ func checkDuplicateKeys(body []byte) error {
 			}
 		}
 	}
+}
+
+// plainJSON is checkDuplicateKeys's fast path, for the messages devices
+// send: it reports true only if body is one valid JSON value, valid UTF-8,
+// nesting at most maxJSONDepth deep, whose object keys are all plain ASCII
+// (no escapes) and unique within their object ignoring ASCII case (which
+// for ASCII keys is exactly how foldKey compares). checkDuplicateKeys then
+// has nothing to refuse; on false it runs and decides. It allocates only
+// when the open objects hold more than 64 keys at once.
+func plainJSON(body []byte) bool {
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return false
+	}
+	var (
+		keyBuf [4 * maxJSONDepth][]byte
+		keys   = keyBuf[:0] // keys of the open objects, innermost last
+		// starts[d] is where the keys of the object at depth d begin in
+		// keys, or -1 for an array.
+		starts [maxJSONDepth]int
+		depth  int
+	)
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; c {
+		case '{', '[':
+			if depth >= maxJSONDepth {
+				return false
+			}
+			starts[depth] = -1
+			if c == '{' {
+				starts[depth] = len(keys)
+			}
+			depth++
+		case '}', ']':
+			depth--
+			if starts[depth] >= 0 {
+				keys = keys[:starts[depth]]
+			}
+		case '"':
+			// body is valid JSON: the string ends at the first quote not
+			// escaped.
+			j, plain := i+1, true
+			for ; body[j] != '"'; j++ {
+				if body[j] == '\\' {
+					plain = false
+					j++
+				} else if body[j] >= utf8.RuneSelf {
+					plain = false
+				}
+			}
+			s := body[i+1 : j]
+			i = j
+			// In valid JSON only a key is followed by a colon.
+			k := j + 1
+			for k < len(body) && (body[k] == ' ' || body[k] == '\t' || body[k] == '\n' || body[k] == '\r') {
+				k++
+			}
+			if k == len(body) || body[k] != ':' {
+				continue
+			}
+			if !plain {
+				return false
+			}
+			for _, prev := range keys[starts[depth-1]:] {
+				if asciiEqualFold(prev, s) {
+					return false
+				}
+			}
+			keys = append(keys, s)
+		}
+	}
+	return true
+}
+
+// asciiEqualFold compares ASCII strings ignoring case.
+func asciiEqualFold(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // foldKey folds k so that foldKey(x) == foldKey(y) exactly when

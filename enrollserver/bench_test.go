@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
@@ -31,8 +33,18 @@ const benchPool = 128
 // so a fresh server replays the same session IDs, nonces and activation
 // secrets, and the precomputed answers stay valid.
 //
+// Two variants: sessions=durable stores the session at begin (an fsynced
+// commit, store.Open's default), sessions=memory keeps it in memory
+// (store.Options.MemorySessions, enrolld's default), so that only finish
+// commits. Besides ns/op (wall time, mostly the fsyncs of a lone writer),
+// cpu-ns/op is the process's CPU time (user + system) per enrollment,
+// what the server's capacity depends on.
+//
 //	go test -run x -bench 'Enrollment$' -benchtime 2000x -count 3 ./enrollserver
-func BenchmarkEnrollment(b *testing.B) { benchEnrollment(b, nil, 0) }
+func BenchmarkEnrollment(b *testing.B) {
+	b.Run("sessions=durable", func(b *testing.B) { benchEnrollment(b, nil, 0, false) })
+	b.Run("sessions=memory", func(b *testing.B) { benchEnrollment(b, nil, 0, true) })
+}
 
 // BenchmarkMeasuredBootEnrollment is BenchmarkEnrollment in a group that
 // enforces measured boot and secure boot: every finish also carries a
@@ -49,14 +61,14 @@ func BenchmarkMeasuredBootEnrollment(b *testing.B) {
 	opts := elt.Realistic()
 	opts.FirmwareVersion = "Acme Gateway 1.4.2"
 	fw := elt.New(opts)
-	b.Run("replay-cache=off", func(b *testing.B) { benchEnrollment(b, fw, -1) })
-	b.Run("replay-cache=on", func(b *testing.B) { benchEnrollment(b, fw, 0) })
+	b.Run("replay-cache=off", func(b *testing.B) { benchEnrollment(b, fw, -1, false) })
+	b.Run("replay-cache=on", func(b *testing.B) { benchEnrollment(b, fw, 0, false) })
 }
 
 // benchEnrollment runs the benchmark; fw (nil: none) is the firmware the
 // device boots and its group enforces, replayCache the server's
-// ReplayCacheSize.
-func benchEnrollment(b *testing.B, fw *elt.Log, replayCache int) {
+// ReplayCacheSize, memSessions the store's MemorySessions.
+func benchEnrollment(b *testing.B, fw *elt.Log, replayCache int, memSessions bool) {
 	if sim == nil {
 		b.Fatalf("the TPM simulator is required: %v", simErr)
 	}
@@ -77,7 +89,9 @@ func benchEnrollment(b *testing.B, fw *elt.Log, replayCache int) {
 	d := newDevice(b, mfr)
 
 	newServer := func(i int) *enrollserver.Server {
-		st, err := store.Open(filepath.Join(dir, fmt.Sprintf("bench-%d.db", i)), nil)
+		opts := store.DefaultOptions()
+		opts.MemorySessions = memSessions
+		st, err := store.Open(filepath.Join(dir, fmt.Sprintf("bench-%d.db", i)), opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -128,10 +142,14 @@ func benchEnrollment(b *testing.B, fw *elt.Log, replayCache int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	var srv *enrollserver.Server
+	var untimedCPU time.Duration // CPU spent while the timer is stopped
+	cpu0 := processCPU(b)
 	for i := 0; i < b.N; i++ {
 		if i%benchPool == 0 {
 			b.StopTimer()
+			c := processCPU(b)
 			srv = newServer(i/benchPool + 1)
+			untimedCPU += processCPU(b) - c
 			b.StartTimer()
 		}
 		br, err := srv.Begin(ctx, "bench", begin)
@@ -147,12 +165,25 @@ func benchEnrollment(b *testing.B, fw *elt.Log, replayCache int) {
 		}
 		if fw != nil && i == 0 {
 			b.StopTimer()
+			c := processCPU(b)
 			if rec, err := srv.GetDevice(ctx, br.DeviceID); err != nil || rec.Firmware == nil || rec.Firmware.Verdict != api.FirmwareApproved {
 				b.Fatalf("measured boot not approved: %+v, %v", rec, err)
 			}
+			untimedCPU += processCPU(b) - c
 			b.StartTimer()
 		}
 	}
 	b.StopTimer()
+	cpu := processCPU(b) - cpu0 - untimedCPU
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "enrollments/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// processCPU is the CPU time (user + system) this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -2,11 +2,17 @@ package pki
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"strings"
 	"time"
 
@@ -53,7 +59,10 @@ func (ca *CA) SignBundle(b Bundle) (string, error) {
 
 	// Encode without HTML escaping so the config travels as given
 	// (compacted), then run the device's own decoder and checks on the
-	// result: whatever SignBundle signs, VerifyBundle can decode.
+	// result: whatever SignBundle signs, VerifyBundle can decode. The
+	// fields beside the config are encoded the same way every time, so a
+	// config that passed once (the last one is remembered) needs only
+	// the checks of those fields.
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -61,8 +70,16 @@ func (ca *CA) SignBundle(b Bundle) (string, error) {
 		return "", fmt.Errorf("%w: encoding: %w", ErrBundleMalformed, err)
 	}
 	payload := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-	if _, err := decodeBundlePayload(payload); err != nil {
-		return "", err
+	if last := ca.lastBundleConfig.Load(); last != nil && bytes.Equal(*last, b.Config) {
+		if err := checkBundleFields(&b); err != nil {
+			return "", err
+		}
+	} else {
+		if _, err := decodeBundlePayload(payload); err != nil {
+			return "", err
+		}
+		config := bytes.Clone(b.Config)
+		ca.lastBundleConfig.Store(&config)
 	}
 
 	now := ca.now()
@@ -76,30 +93,30 @@ func (ca *CA) SignBundle(b Bundle) (string, error) {
 			ErrLifetime, b.ExpiresAt.Format(time.RFC3339), signer.NotAfter.UTC().Format(time.RFC3339))
 	}
 
-	opts := new(jose.SignerOptions).
-		WithType(BundleJWSType).
-		WithHeader("x5c", []string{
-			base64.StdEncoding.EncodeToString(signer.Raw),
-			base64.StdEncoding.EncodeToString(ca.intermediate.Raw),
-		})
-	// A key in a KMS is an opaque crypto.Signer, which go-jose signs with
-	// through its OpaqueSigner adapter.
-	var key any = ca.bundleKey
-	if _, ok := key.(*ecdsa.PrivateKey); !ok {
-		key = jose.NewOpaqueSigner(ca.bundleKey)
-	}
-	js, err := jose.NewSigner(jose.SigningKey{Algorithm: bundleAlgorithm, Key: key}, opts)
+	// The compact JWS (RFC 7515 §7.1): the protected header, the same for
+	// every bundle of this CA (see bundleJWSHeader), the payload, and the
+	// ES256 signature of both (RFC 7518 §3.4).
+	header, err := ca.bundleJWSHeader()
 	if err != nil {
-		return "", fmt.Errorf("creating bundle signer: %w", err)
+		return "", err
 	}
-	jws, err := js.Sign(payload)
+	enc64 := base64.RawURLEncoding
+	jws := make([]byte, 0, len(header)+1+enc64.EncodedLen(len(payload))+1+enc64.EncodedLen(2*p256ScalarBytes))
+	jws = append(jws, header...)
+	jws = append(jws, '.')
+	jws = enc64.AppendEncode(jws, payload)
+	digest := sha256.Sum256(jws)
+	der, err := ca.bundleKey.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
 		return "", fmt.Errorf("signing bundle: %w", err)
 	}
-	compact, err := jws.CompactSerialize()
+	sig, err := es256Signature(der)
 	if err != nil {
-		return "", fmt.Errorf("serializing bundle: %w", err)
+		return "", fmt.Errorf("signing bundle: %w", err)
 	}
+	jws = append(jws, '.')
+	jws = enc64.AppendEncode(jws, sig[:])
+	compact := string(jws)
 	if len(compact) > MaxBundleJWSBytes {
 		return "", fmt.Errorf("%w: signed bundle has %d bytes; the limit is %d; shrink the config", ErrBundleTooLarge, len(compact), MaxBundleJWSBytes)
 	}
@@ -241,6 +258,73 @@ func checkBundleHeader(segment string) error {
 	return nil
 }
 
+// checkBundleFields checks a bundle's fields but its config.
+func checkBundleFields(b *Bundle) error {
+	if err := ValidateDeviceID(b.DeviceID); err != nil {
+		return fmt.Errorf("%w: device_id: %w", ErrBundleMalformed, err)
+	}
+	if b.Version < 1 {
+		return fmt.Errorf("%w: version is %d; versions start at 1", ErrBundleVersion, b.Version)
+	}
+	if b.IssuedAt.IsZero() || b.ExpiresAt.IsZero() {
+		return fmt.Errorf("%w: iat and exp are required", ErrBundleMalformed)
+	}
+	if !b.ExpiresAt.After(b.IssuedAt) {
+		return fmt.Errorf("%w: exp %s is not after iat %s", ErrBundleMalformed, b.ExpiresAt.Format(time.RFC3339), b.IssuedAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// p256ScalarBytes is the size of r and s in an ES256 signature.
+const p256ScalarBytes = 32
+
+// bundleJWSHeader returns the base64url protected header of this CA's
+// bundles: alg ES256, typ BundleJWSType and the x5c chain (bundle signer,
+// intermediate), exactly the fields checkBundleHeader accepts. It is
+// computed once.
+func (ca *CA) bundleJWSHeader() (string, error) {
+	ca.bundleHeaderOnce.Do(func() {
+		pub, ok := ca.bundleKey.Public().(*ecdsa.PublicKey)
+		if !ok || pub.Curve != elliptic.P256() {
+			ca.bundleHeaderErr = fmt.Errorf("signing bundle: the bundle signer key is a %T, not ECDSA P-256 (%s)", ca.bundleKey.Public(), bundleAlgorithm)
+			return
+		}
+		h, err := json.Marshal(struct {
+			Alg string   `json:"alg"`
+			Typ string   `json:"typ"`
+			X5c []string `json:"x5c"`
+		}{bundleAlgorithm, BundleJWSType, []string{
+			base64.StdEncoding.EncodeToString(ca.bundleSigner.Raw),
+			base64.StdEncoding.EncodeToString(ca.intermediate.Raw),
+		}})
+		if err != nil {
+			ca.bundleHeaderErr = fmt.Errorf("encoding bundle header: %w", err)
+			return
+		}
+		ca.bundleHeader = base64.RawURLEncoding.EncodeToString(h)
+	})
+	return ca.bundleHeader, ca.bundleHeaderErr
+}
+
+// es256Signature turns an ASN.1 ECDSA P-256 signature, as a crypto.Signer
+// returns it, into the JWS form: r and s, 32 bytes each, big-endian.
+func es256Signature(der []byte) ([2 * p256ScalarBytes]byte, error) {
+	var sig [2 * p256ScalarBytes]byte
+	var rs struct{ R, S *big.Int }
+	rest, err := asn1.Unmarshal(der, &rs)
+	if err != nil || len(rest) > 0 {
+		return sig, fmt.Errorf("malformed ECDSA signature from the bundle signer key")
+	}
+	for _, v := range []*big.Int{rs.R, rs.S} {
+		if v.Sign() <= 0 || v.BitLen() > 8*p256ScalarBytes {
+			return sig, fmt.Errorf("ECDSA signature from the bundle signer key is not a P-256 one")
+		}
+	}
+	rs.R.FillBytes(sig[:p256ScalarBytes])
+	rs.S.FillBytes(sig[p256ScalarBytes:])
+	return sig, nil
+}
+
 // decodeBundlePayload decodes and checks a bundle payload; SignBundle runs
 // it on what it is about to sign, VerifyBundle on what it has verified.
 func decodeBundlePayload(payload []byte) (*Bundle, error) {
@@ -248,17 +332,8 @@ func decodeBundlePayload(payload []byte) (*Bundle, error) {
 	if err := decodeStrict(payload, &b, bundleFields...); err != nil {
 		return nil, fmt.Errorf("%w: payload: %w", ErrBundleMalformed, err)
 	}
-	if err := ValidateDeviceID(b.DeviceID); err != nil {
-		return nil, fmt.Errorf("%w: device_id: %w", ErrBundleMalformed, err)
-	}
-	if b.Version < 1 {
-		return nil, fmt.Errorf("%w: version is %d; versions start at 1", ErrBundleVersion, b.Version)
-	}
-	if b.IssuedAt.IsZero() || b.ExpiresAt.IsZero() {
-		return nil, fmt.Errorf("%w: iat and exp are required", ErrBundleMalformed)
-	}
-	if !b.ExpiresAt.After(b.IssuedAt) {
-		return nil, fmt.Errorf("%w: exp %s is not after iat %s", ErrBundleMalformed, b.ExpiresAt.Format(time.RFC3339), b.IssuedAt.Format(time.RFC3339))
+	if err := checkBundleFields(&b); err != nil {
+		return nil, err
 	}
 	if len(b.Config) > MaxBundleBytes {
 		return nil, fmt.Errorf("%w: config has %d bytes; the limit is %d", ErrBundleTooLarge, len(b.Config), MaxBundleBytes)

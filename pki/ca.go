@@ -11,6 +11,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.step.sm/crypto/keyutil"
@@ -33,6 +35,15 @@ type CA struct {
 	intermediateKey crypto.Signer
 	bundleSigner    *x509.Certificate
 	bundleKey       crypto.Signer
+
+	// bundleHeader is the protected header of every bundle SignBundle
+	// signs (bundleJWSHeader).
+	bundleHeaderOnce sync.Once
+	bundleHeader     string
+	bundleHeaderErr  error
+	// lastBundleConfig is the last bundle config SignBundle checked in
+	// full.
+	lastBundleConfig atomic.Pointer[[]byte]
 }
 
 // LoadOrCreateCA loads the CA from dir or, on first start, creates it.

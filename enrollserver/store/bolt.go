@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +64,21 @@ type Options struct {
 	// NoSync skips fsync. Only for benchmarks that measure everything
 	// but the disk; never in production.
 	NoSync bool
+	// MemorySessions keeps live (begun, unfinished) sessions in memory
+	// instead of the sessions bucket, so begin writes nothing to disk:
+	// one fsynced commit per enrollment instead of two. The durable
+	// record is written at completion, in FinishEnrollment's transaction
+	// (the device, its certificate, the completed session, the audit
+	// record), so a crash loses no finished enrollment and a repeated
+	// finish still finds its result. What a crash (or restart) loses is
+	// the sessions begun and not yet finished: their devices are told
+	// nonce_unknown_or_used at finish and begin again, as after their
+	// session's TTL. Memory grows with the sessions live at once (about
+	// 1 KiB each, at most the begin rate times the session TTL; finished
+	// and purged sessions are dropped). Sessions an earlier run left in
+	// the bucket are still found and consumed. One process only: never
+	// for a store several servers share.
+	MemorySessions bool
 }
 
 // DefaultOptions returns the production defaults.
@@ -74,6 +92,9 @@ type Bolt struct {
 	// writers counts write transactions in flight, to choose between a
 	// direct commit and a group commit.
 	writers atomic.Int32
+	// mem holds the live sessions with Options.MemorySessions; nil
+	// keeps them in the sessions bucket.
+	mem *memSessions
 }
 
 // write runs fn in a write transaction. A lone writer commits at once; when
@@ -129,7 +150,11 @@ func Open(path string, opts *Options) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialising store %s: %w", path, err)
 	}
-	return &Bolt{db: db}, nil
+	st := &Bolt{db: db}
+	if opts.MemorySessions {
+		st.mem = &memSessions{m: make(map[string]*memSession)}
+	}
+	return st, nil
 }
 
 // Close closes the file.
@@ -139,6 +164,9 @@ func (s *Bolt) Close() error { return s.db.Close() }
 func (s *Bolt) CreateSession(ctx context.Context, sess *Session) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if s.mem != nil {
+		return s.createMemSession(sess)
 	}
 	v, err := json.Marshal(sess)
 	if err != nil {
@@ -155,6 +183,17 @@ func (s *Bolt) CreateSession(ctx context.Context, sess *Session) error {
 
 // Session implements Store.
 func (s *Bolt) Session(ctx context.Context, id string, now time.Time) (*Session, error) {
+	if s.mem != nil {
+		if e := s.mem.get(id); e != nil {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			if !now.Before(e.sess.ExpiresAt) {
+				return nil, ErrSessionExpired
+			}
+			return cloneSession(&e.sess), nil
+		}
+	}
 	var sess Session
 	if err := s.get(ctx, bucketSessions, id, &sess); err != nil {
 		return nil, err
@@ -174,6 +213,11 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 	if err != nil {
 		return nil, fmt.Errorf("encoding certificate record: %w", err)
 	}
+	if s.mem != nil {
+		if e := s.mem.get(id); e != nil {
+			return s.finishMemSession(e, now, cert, certVal, apply)
+		}
+	}
 	var out *Device
 	// Batch may run the closure more than once: it only reads the
 	// transaction and the pure apply function.
@@ -191,48 +235,12 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		if !now.Before(sess.ExpiresAt) {
 			return ErrSessionExpired
 		}
-		devices := tx.Bucket(bucketDevices)
-		var prev *Device
-		if raw := devices.Get([]byte(sess.DeviceID)); raw != nil {
-			prev = new(Device)
-			if err := json.Unmarshal(raw, prev); err != nil {
-				return fmt.Errorf("decoding device %s: %w", sess.DeviceID, err)
-			}
-		}
-		next, audit, err := apply(prev)
-		if err != nil {
-			return err
-		}
-		if next.ID != sess.DeviceID {
-			return fmt.Errorf("finish of session %s wrote device %s, want %s", id, next.ID, sess.DeviceID)
-		}
 		if err := sessions.Delete([]byte(id)); err != nil {
 			return err
 		}
-		done, err := json.Marshal(completed{DeviceID: sess.DeviceID, ExpiresAt: sess.ExpiresAt})
+		next, err := recordEnrollment(tx, &sess, cert, certVal, apply)
 		if err != nil {
 			return err
-		}
-		if err := tx.Bucket(bucketCompleted).Put([]byte(id), done); err != nil {
-			return err
-		}
-		if err := putDevice(tx, prev, next); err != nil {
-			return err
-		}
-		certs := tx.Bucket(bucketCerts)
-		if certs.Get([]byte(cert.Serial)) != nil {
-			return fmt.Errorf("certificate serial %s: %w", cert.Serial, ErrExists)
-		}
-		if err := certs.Put([]byte(cert.Serial), certVal); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketDeviceCerts).Put(deviceCertKey(cert.DeviceID, cert.Serial), nil); err != nil {
-			return err
-		}
-		if audit != nil {
-			if err := appendAudit(tx, audit); err != nil {
-				return err
-			}
 		}
 		out = next
 		return nil
@@ -241,6 +249,55 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		return nil, err
 	}
 	return out, nil
+}
+
+// recordEnrollment writes the outcome of session sess (already checked
+// live and deleted from the sessions bucket if it was there): the device
+// record apply returns, the completed session, the certificate and the
+// audit record.
+func recordEnrollment(tx *bolt.Tx, sess *Session, cert *IssuedCertificate, certVal []byte, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error) {
+	id := sess.ID
+	devices := tx.Bucket(bucketDevices)
+	var prev *Device
+	if raw := devices.Get([]byte(sess.DeviceID)); raw != nil {
+		prev = new(Device)
+		if err := json.Unmarshal(raw, prev); err != nil {
+			return nil, fmt.Errorf("decoding device %s: %w", sess.DeviceID, err)
+		}
+	}
+	next, audit, err := apply(prev)
+	if err != nil {
+		return nil, err
+	}
+	if next.ID != sess.DeviceID {
+		return nil, fmt.Errorf("finish of session %s wrote device %s, want %s", id, next.ID, sess.DeviceID)
+	}
+	done, err := json.Marshal(completed{DeviceID: sess.DeviceID, ExpiresAt: sess.ExpiresAt})
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Bucket(bucketCompleted).Put([]byte(id), done); err != nil {
+		return nil, err
+	}
+	if err := putDevice(tx, prev, next); err != nil {
+		return nil, err
+	}
+	certs := tx.Bucket(bucketCerts)
+	if certs.Get([]byte(cert.Serial)) != nil {
+		return nil, fmt.Errorf("certificate serial %s: %w", cert.Serial, ErrExists)
+	}
+	if err := certs.Put([]byte(cert.Serial), certVal); err != nil {
+		return nil, err
+	}
+	if err := tx.Bucket(bucketDeviceCerts).Put(deviceCertKey(cert.DeviceID, cert.Serial), nil); err != nil {
+		return nil, err
+	}
+	if audit != nil {
+		if err := appendAudit(tx, audit); err != nil {
+			return nil, err
+		}
+	}
+	return next, nil
 }
 
 // completed is the record of a consumed session.
@@ -263,6 +320,10 @@ func (s *Bolt) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, er
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	purged := 0
+	if s.mem != nil {
+		purged = s.mem.purge(now)
+	}
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		n = 0
@@ -284,7 +345,7 @@ func (s *Bolt) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, er
 		}
 		return nil
 	})
-	return n, err
+	return purged + n, err
 }
 
 // Device implements Store.
@@ -415,4 +476,128 @@ func scanAfter[T any](ctx context.Context, b *bolt.Bucket, after string, fn func
 		}
 	}
 	return nil
+}
+
+// memSessions are the live sessions of a store opened with
+// Options.MemorySessions.
+type memSessions struct {
+	mu sync.Mutex
+	m  map[string]*memSession
+}
+
+// memSession is one live session. sess is never modified after
+// CreateSession; finishing serialises FinishEnrollment calls for it.
+type memSession struct {
+	sess      Session
+	finishing sync.Mutex
+}
+
+func (ms *memSessions) get(id string) *memSession {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return ms.m[id]
+}
+
+// live reports whether e is still the session under its ID (not consumed
+// or purged).
+func (ms *memSessions) live(e *memSession) bool {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return ms.m[e.sess.ID] == e
+}
+
+func (ms *memSessions) remove(e *memSession) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.m[e.sess.ID] == e {
+		delete(ms.m, e.sess.ID)
+	}
+}
+
+// purge drops the sessions whose TTL passed at now.
+func (ms *memSessions) purge(now time.Time) int {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	n := 0
+	for id, e := range ms.m {
+		if !now.Before(e.sess.ExpiresAt) {
+			delete(ms.m, id)
+			n++
+		}
+	}
+	return n
+}
+
+// createMemSession is CreateSession with Options.MemorySessions.
+func (s *Bolt) createMemSession(sess *Session) error {
+	// An earlier run without MemorySessions may have left live sessions
+	// in the bucket; their IDs stay taken. (Nothing writes the bucket
+	// now, so this read cannot race with a write.)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketSessions).Get([]byte(sess.ID)) != nil {
+			return fmt.Errorf("session %s: %w", sess.ID, ErrExists)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e := &memSession{sess: *cloneSession(sess)}
+	s.mem.mu.Lock()
+	defer s.mem.mu.Unlock()
+	if s.mem.m[sess.ID] != nil {
+		return fmt.Errorf("session %s: %w", sess.ID, ErrExists)
+	}
+	s.mem.m[sess.ID] = e
+	return nil
+}
+
+// finishMemSession is FinishEnrollment of a session held in memory: the
+// same transaction as for a session in the bucket, minus the bucket; the
+// session is dropped from memory once the transaction committed.
+func (s *Bolt) finishMemSession(e *memSession, now time.Time, cert *IssuedCertificate, certVal []byte, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error) {
+	// A concurrent finish of the same session waits here, then finds it
+	// consumed (or still live, if this one failed and wrote nothing).
+	e.finishing.Lock()
+	defer e.finishing.Unlock()
+	if !s.mem.live(e) {
+		return nil, ErrSessionUsed
+	}
+	if !now.Before(e.sess.ExpiresAt) {
+		return nil, ErrSessionExpired
+	}
+	var out *Device
+	// Batch may run the closure more than once: it only reads the
+	// transaction, the unchanging session and the pure apply function.
+	err := s.write(func(tx *bolt.Tx) error {
+		out = nil
+		next, err := recordEnrollment(tx, &e.sess, cert, certVal, apply)
+		if err != nil {
+			return err
+		}
+		out = next
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mem.remove(e)
+	return out, nil
+}
+
+// cloneSession deep-copies sess, dropping the monotonic clock readings as
+// a round trip through the bucket's JSON would, so that a caller never
+// shares memory with the stored session.
+func cloneSession(sess *Session) *Session {
+	c := *sess
+	c.EKPublic = bytes.Clone(sess.EKPublic)
+	c.AKPublic = bytes.Clone(sess.AKPublic)
+	c.Nonce = bytes.Clone(sess.Nonce)
+	c.ProofHash = bytes.Clone(sess.ProofHash)
+	c.PCRs = slices.Clone(sess.PCRs)
+	c.Labels = maps.Clone(sess.Labels)
+	c.RequiredPCRs = slices.Clone(sess.RequiredPCRs)
+	c.CreatedAt = sess.CreatedAt.Round(0)
+	c.ExpiresAt = sess.ExpiresAt.Round(0)
+	return &c
 }
