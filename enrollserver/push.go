@@ -89,6 +89,7 @@ func (s *Server) relayConfig(scope string) {
 	} else if g, ok := strings.CutPrefix(scope, "group/"); ok {
 		c.Group = g
 	}
+	s.log.Debug("config change", "scope", scope)
 	s.configWatchers.call(c)
 }
 

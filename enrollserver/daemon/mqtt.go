@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/mqttapi"
+	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 	"github.com/edgeenroll/edgeenroll/pki"
 )
@@ -25,6 +26,73 @@ const BrokerClientName = "enrolld"
 // brokerClientLifetime bounds enrolld's broker client certificate; it is
 // made afresh at every start and never written to disk.
 const brokerClientLifetime = 30 * 24 * time.Hour
+
+// externalBrokerRole is the role (store.Leadership) of the one enrolld
+// that holds the connection to the external broker when several share a
+// store: the broker knows enrolld by one client ID, and every request must
+// be answered once.
+const externalBrokerRole = "mqtt-external-broker"
+
+// leadRetry is the pause before campaigning again after an election error.
+const leadRetry = 2 * time.Second
+
+// serveExternalBroker serves enrollment through the external broker until
+// ctx ends. With a store several servers share (store.Leadership), only
+// the elected one connects, and another takes over when it goes away
+// (within the election's lease, ten seconds); the others still push config
+// changes through it (FollowConfigChanges on the leader relays every
+// server's). With one server it connects before returning, and a failure
+// stops enrolld; with a shared store it returns at once and connects when
+// elected. stop closes the connection and waits for the loop to end.
+func serveExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pki.CA, cfg Config, st store.Store, log *slog.Logger) (stop func(), err error) {
+	lead, ok := st.(store.Leadership)
+	if !ok {
+		ext, err := connectExternalBroker(ctx, srv, ca, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		return func() { ext.Close() }, nil
+	}
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s/%d", host, os.Getpid())
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			held, resign, err := lead.Lead(ctx, externalBrokerRole, id)
+			if err != nil {
+				if ctx.Err() == nil {
+					log.Warn("external MQTT broker: election failed; retrying", "err", err)
+					sleepCtx(ctx, leadRetry)
+				}
+				continue
+			}
+			log.Info("external MQTT broker: this enrolld holds the connection", "id", id)
+			ext, err := connectExternalBroker(held, srv, ca, cfg, log)
+			if err != nil {
+				log.Error("external MQTT broker: connecting", "err", err)
+				resign()
+				sleepCtx(ctx, leadRetry)
+				continue
+			}
+			<-held.Done()
+			ext.Close()
+			resign()
+			if ctx.Err() == nil {
+				log.Warn("external MQTT broker: lost the election (etcd unreachable?); campaigning again")
+			}
+		}
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
 
 func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pki.CA, cfg Config, log *slog.Logger) (*mqttapi.External, error) {
 	roots := ca.RootPool()

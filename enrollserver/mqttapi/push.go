@@ -28,6 +28,7 @@ func (b *Broker) pushConfig(c enrollserver.ConfigChange) {
 		}
 	}
 	b.mu.Unlock()
+	b.log.Debug("config push", "connected_devices", len(ids), "device_id", c.DeviceID, "group", c.Group)
 	if len(ids) > 0 {
 		b.h.push(c, ids, b.log)
 	}
