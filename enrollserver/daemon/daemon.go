@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
 	"github.com/edgeenroll/edgeenroll/enrollserver/mqttapi"
 	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
@@ -88,6 +89,10 @@ type Config struct {
 	// makes devices caught between begin and finish begin again; no
 	// finished enrollment is lost either way.
 	DurableSessions bool
+	// Admission bounds enrollment work (begin, finish) over HTTPS and
+	// MQTT together: slots, queue, per-client rate limits (zero fields:
+	// the admission package's defaults).
+	Admission admission.Options
 	// DisableHTTP2 serves HTTP/1.1 only. A device makes begin and finish
 	// on one kept-alive connection either way; HTTP/2's per-connection
 	// setup (SETTINGS and WINDOW_UPDATE frames, a goroutine per stream)
@@ -100,6 +105,8 @@ type Config struct {
 	// PprofListen, if set, serves net/http/pprof (plain HTTP) on this
 	// address, which must be a loopback one: profiles show request data.
 	PprofListen string
+	// admission is the controller Run built from Admission.
+	admission *admission.Controller
 	// Ready, if set, receives the bound address once serving.
 	Ready chan<- string
 }
@@ -218,6 +225,15 @@ func Run(ctx context.Context, cfg Config) error {
 		VerifyConnection: issuer.verifyClient,
 		CurvePreferences: curves,
 	}
+	// One admission budget for HTTPS and MQTT: both spend the same CPU.
+	admOpts := cfg.Admission
+	admOpts.Registerer = reg
+	adm, err := admission.New(&admOpts)
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
+	cfg.admission = adm
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
@@ -227,7 +243,7 @@ func Run(ctx context.Context, cfg Config) error {
 	protocols.SetHTTP2(!cfg.DisableHTTP2)
 	hs := &http.Server{
 		Protocols:         protocols,
-		Handler:           httpapi.NewHandler(srv, httpapi.Options{Logger: log, Gatherer: reg}),
+		Handler:           httpapi.NewHandler(srv, httpapi.Options{Logger: log, Gatherer: reg, Admission: adm}),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
@@ -238,7 +254,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	mqttAddr := ""
 	if cfg.MQTTListen != "" {
-		broker, err := mqttapi.New(srv, mqttapi.Options{Listen: cfg.MQTTListen, TLS: tlsCfg, Logger: log})
+		broker, err := mqttapi.New(srv, mqttapi.Options{Listen: cfg.MQTTListen, TLS: tlsCfg, Logger: log, Admission: adm})
 		if err != nil {
 			ln.Close()
 			return err

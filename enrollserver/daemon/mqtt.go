@@ -116,6 +116,7 @@ func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pk
 		BrokerURL: cfg.MQTTBroker,
 		TLS:       &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{*cert}},
 		Logger:    log,
+		Admission: cfg.admission,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("external MQTT broker: %w", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/pki"
 )
 
@@ -27,6 +28,9 @@ type Options struct {
 	// root; client certificates are optional and verified when given.
 	TLS    *tls.Config
 	Logger *slog.Logger
+	// Admission, if set, admits requests, to share one budget with the
+	// HTTPS listener; nil gives the broker a controller of its own.
+	Admission *admission.Controller
 }
 
 // Broker is the embedded broker and its handler.
@@ -59,7 +63,7 @@ func New(core *enrollserver.Server, opts Options) (*Broker, error) {
 	tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
 	tlsCfg.MinVersion = tls.VersionTLS13
 	b := &Broker{td: core.TrustDomain(), log: opts.Logger, devices: map[string]deviceConn{}}
-	b.h = newHandler(core, opts.Logger)
+	b.h = newHandler(core, opts.Logger, opts.Admission)
 	b.h.certOf = b.certOf
 	b.h.publish = func(client string, payload []byte) {
 		if err := b.srv.Publish(api.ResponseTopic(client), payload, false, 1); err != nil {

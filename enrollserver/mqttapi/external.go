@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 )
 
 // ExternalOptions configure the connection to an external broker.
@@ -26,6 +27,9 @@ type ExternalOptions struct {
 	// ClientID of enrolld's connection.
 	ClientID string
 	Logger   *slog.Logger
+	// Admission, if set, admits requests, to share one budget with the
+	// HTTPS listener; nil gives the connection a controller of its own.
+	Admission *admission.Controller
 }
 
 // External serves enrollment through a broker that someone else runs. The
@@ -55,7 +59,7 @@ func NewExternal(ctx context.Context, core *enrollserver.Server, opts ExternalOp
 	if opts.ClientID == "" {
 		opts.ClientID = "enrolld"
 	}
-	e := &External{h: newHandler(core, opts.Logger), log: opts.Logger}
+	e := &External{h: newHandler(core, opts.Logger, opts.Admission), log: opts.Logger}
 	e.h.publish = func(client string, payload []byte) {
 		tok := e.c.Publish(api.ResponseTopic(client), 1, false, payload)
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {

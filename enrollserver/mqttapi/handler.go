@@ -35,10 +35,11 @@ type handler struct {
 	certOf  func(client string) *x509.Certificate
 	// adm admits requests (see dispatch); it bounds the goroutines of
 	// dispatch to its slots plus its queue.
-	adm    *admission.Controller
-	wg     sync.WaitGroup
-	ctx    context.Context
-	cancel context.CancelFunc
+	adm     *admission.Controller
+	ownsAdm bool // close adm with the handler
+	wg      sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
 
 	mu       sync.Mutex
 	sessions map[string]binding // session ID → client that began it
@@ -56,16 +57,23 @@ type answer struct {
 	at      time.Time
 }
 
-func newHandler(core *enrollserver.Server, log *slog.Logger) *handler {
+// newHandler serves core's enrollment; adm admits its requests (nil: a
+// controller of its own with the defaults, closed with the handler).
+func newHandler(core *enrollserver.Server, log *slog.Logger, adm *admission.Controller) *handler {
 	ctx, cancel := context.WithCancel(context.Background())
-	adm := admission.Default()
-	return &handler{core: core, log: log, adm: adm, ctx: ctx, cancel: cancel,
+	owned := adm == nil
+	if owned {
+		adm = admission.Default()
+	}
+	return &handler{core: core, log: log, adm: adm, ownsAdm: owned, ctx: ctx, cancel: cancel,
 		sessions: map[string]binding{}, answers: map[string]answer{}}
 }
 
 // close stops accepting work and waits for requests in flight.
 func (h *handler) close() {
-	h.adm.Close()
+	if h.ownsAdm {
+		h.adm.Close()
+	}
 	h.cancel()
 	h.wg.Wait()
 }
