@@ -58,7 +58,7 @@ r = json.load(open(sys.argv[2])); p = r["phases"][0]
 srv = p.get("server") or {}; st = p.get("store") or {}
 print(f'{sys.argv[1]:<14} {p["succeeded"]:>6}/{p["devices"]:<6} {r["enrollments_per_second"]:>9.1f}/s  '
       f'server {srv.get("cpu_ms_per_op", 0):6.2f} ms/op  store {st.get("cpu_ms_per_op", 0):6.2f} ms/op  '
-      f'p99 enrollment {p["enrollment"]["p99"]:7.1f} ms  errors {p.get("errors") or {}}')
+      f'p99 enrollment {p["enrollment"]["p99_ms"]:7.1f} ms  errors {p.get("errors") or {}}')
 PY
 }
 
