@@ -211,6 +211,9 @@ func writeJSONStatus(w http.ResponseWriter, corr string, status int, v any) {
 		status, b = http.StatusInternalServerError, []byte(`{"code":"internal","message":"encoding response"}`)
 	}
 	w.Header().Set("Content-Type", api.ContentTypeJSON)
+	// A known length lets HTTP/1.1 send the answer as is, not chunked
+	// (finish answers exceed the server's 2 KiB chunking threshold).
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	if corr != "" {
 		w.Header().Set(api.HeaderCorrelationID, corr)
 	}
