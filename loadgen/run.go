@@ -251,88 +251,17 @@ func runPhase(ctx context.Context, cfg *Config, name string) (*PhaseReport, erro
 	results := make([]deviceResult, n)
 
 	// Server memory: sampled through the phase.
-	var rssMax atomic.Uint64
-	stopRSS := make(chan struct{})
-	var rssDone sync.WaitGroup
-	if cfg.ServerPID != 0 {
-		rssDone.Add(1)
-		go func() {
-			defer rssDone.Done()
-			t := time.NewTicker(100 * time.Millisecond)
-			defer t.Stop()
-			for {
-				if rss, _ := sumMemory(cfg.serverPIDs()); rss > rssMax.Load() {
-					rssMax.Store(rss)
-				}
-				select {
-				case <-stopRSS:
-					return
-				case <-t.C:
-				}
-			}
-		}()
-	}
-
+	rss := sampleRSS(cfg.serverPIDs())
 	before := cfg.sample()
-	start := time.Now()
-	var next atomic.Int64
-	var ready, failed atomic.Int64
-	var wg sync.WaitGroup
-	for range cfg.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				r := &results[i]
-				r.scheduled = time.Duration(int64(cfg.Ramp) * int64(i) / int64(n))
-				if wait := time.Until(start.Add(r.scheduled)); wait > 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(wait):
-					}
-				}
-				r.started = time.Since(start)
-				cfg.runDevice(ctx, cfg.Identities[i], r, start)
-				if r.ok {
-					ready.Add(1)
-				} else {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
-	stopProgress := make(chan struct{})
-	var progressDone sync.WaitGroup
-	if cfg.Progress != nil {
-		progressDone.Add(1)
-		go func() {
-			defer progressDone.Done()
-			t := time.NewTicker(cfg.ProgressEvery)
-			defer t.Stop()
-			last, lastT := int64(0), start
-			for {
-				select {
-				case <-stopProgress:
-					return
-				case now := <-t.C:
-					r := ready.Load()
-					fmt.Fprintf(cfg.Progress, "%s: %d/%d ready, %d failed, %.0f/s\n", name, r, n, failed.Load(), float64(r-last)/now.Sub(lastT).Seconds())
-					last, lastT = r, now
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
+	l := drivePlan{N: n, Concurrency: cfg.Concurrency, Ramp: cfg.Ramp, Progress: cfg.Progress, ProgressEvery: cfg.ProgressEvery, Label: name, Verb: "ready"}
+	elapsed := l.drive(ctx, func(i int, start time.Time, s schedule) bool {
+		r := &results[i]
+		r.scheduled, r.started = s.scheduled, s.started
+		cfg.runDevice(ctx, cfg.Identities[i], r, start)
+		return r.ok
+	})
 	after := cfg.sample()
-	close(stopProgress)
-	progressDone.Wait()
-	close(stopRSS)
-	rssDone.Wait()
+	rssMax := rss.Stop()
 
 	p := summarizePhase(name, results, elapsed)
 	ops := float64(max(p.Succeeded, 1))
@@ -350,7 +279,7 @@ func runPhase(ctx context.Context, cfg *Config, name string) (*PhaseReport, erro
 	}
 	if before.serverOK && after.serverOK {
 		cpu := (after.server - before.server).Seconds()
-		sp := &ProcessReport{PIDs: cfg.serverPIDs(), CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax.Load()}
+		sp := &ProcessReport{PIDs: cfg.serverPIDs(), CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax}
 		if sp.CPUMsPerOp > 0 {
 			sp.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / sp.CPUMsPerOp)
 		}

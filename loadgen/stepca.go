@@ -387,91 +387,23 @@ func (c *StepCA) sample() stepCASample {
 	return s
 }
 
-func (c *StepCA) runPhase(ctx context.Context, load *StepCALoad, devs []stepCADevice, lifetime time.Duration) (*StepCAPhase, error) {
-	ctx, cancel := context.WithTimeout(ctx, load.PhaseTimeout)
+func (c *StepCA) runPhase(ctx context.Context, sl *StepCALoad, devs []stepCADevice, lifetime time.Duration) (*StepCAPhase, error) {
+	ctx, cancel := context.WithTimeout(ctx, sl.PhaseTimeout)
 	defer cancel()
 	n := len(devs)
 	results := make([]stepCAResult, n)
 
-	var rssMax atomic.Uint64
-	stopRSS := make(chan struct{})
-	var rssDone sync.WaitGroup
-	rssDone.Add(1)
-	go func() {
-		defer rssDone.Done()
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if rss, _, err := ProcessMemory(c.Info.PID); err == nil && rss > rssMax.Load() {
-				rssMax.Store(rss)
-			}
-			select {
-			case <-stopRSS:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-
+	rss := sampleRSS([]int{c.Info.PID})
 	before := c.sample()
-	start := time.Now()
-	var next, ready, failed atomic.Int64
-	var wg sync.WaitGroup
-	for range load.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				r := &results[i]
-				r.scheduled = time.Duration(int64(load.Ramp) * int64(i) / int64(n))
-				if wait := time.Until(start.Add(r.scheduled)); wait > 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(wait):
-					}
-				}
-				r.started = time.Since(start)
-				c.runDevice(ctx, load, &devs[i], r, start, lifetime)
-				if r.ok {
-					ready.Add(1)
-				} else {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
-	stopProgress := make(chan struct{})
-	var progressDone sync.WaitGroup
-	if load.Progress != nil {
-		progressDone.Add(1)
-		go func() {
-			defer progressDone.Done()
-			t := time.NewTicker(load.ProgressEvery)
-			defer t.Stop()
-			last, lastT := int64(0), start
-			for {
-				select {
-				case <-stopProgress:
-					return
-				case now := <-t.C:
-					r := ready.Load()
-					fmt.Fprintf(load.Progress, "step-ca sign: %d/%d signed, %d failed, %.0f/s\n", r, n, failed.Load(), float64(r-last)/now.Sub(lastT).Seconds())
-					last, lastT = r, now
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
+	l := drivePlan{N: n, Concurrency: sl.Concurrency, Ramp: sl.Ramp, Progress: sl.Progress, ProgressEvery: sl.ProgressEvery, Label: "step-ca sign", Verb: "signed"}
+	elapsed := l.drive(ctx, func(i int, start time.Time, s schedule) bool {
+		r := &results[i]
+		r.scheduled, r.started = s.scheduled, s.started
+		c.runDevice(ctx, sl, &devs[i], r, start, lifetime)
+		return r.ok
+	})
 	after := c.sample()
-	close(stopProgress)
-	progressDone.Wait()
-	close(stopRSS)
-	rssDone.Wait()
+	rssMax := rss.Stop()
 
 	p := &StepCAPhase{Devices: n, Seconds: round3(elapsed.Seconds()), Errors: map[string]int{},
 		Retries: RetryReport{Histogram: map[int]int{}}}
@@ -498,7 +430,7 @@ func (c *StepCA) runPhase(ctx context.Context, load *StepCALoad, devs []stepCADe
 		}
 		p.Succeeded++
 		sign = append(sign, r.sign)
-		if load.Verify {
+		if sl.Verify {
 			verify = append(verify, r.verify)
 		}
 		ttr = append(ttr, r.ready-r.scheduled)
@@ -520,7 +452,7 @@ func (c *StepCA) runPhase(ctx context.Context, load *StepCALoad, devs []stepCADe
 	}
 	if before.serverOK && after.serverOK {
 		cpu := (after.server - before.server).Seconds()
-		sp := &ProcessReport{PIDs: []int{c.Info.PID}, CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax.Load()}
+		sp := &ProcessReport{PIDs: []int{c.Info.PID}, CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax}
 		if sp.CPUMsPerOp > 0 {
 			sp.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / sp.CPUMsPerOp)
 		}
