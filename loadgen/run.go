@@ -114,29 +114,36 @@ func (c *Config) defaults() error {
 	if c.TrustDomain == "" {
 		c.TrustDomain = pki.DefaultTrustDomain
 	}
-	if c.Concurrency <= 0 {
-		c.Concurrency = 64
-	}
-	c.Concurrency = min(c.Concurrency, len(c.Identities))
-	if c.Retry.Attempts <= 0 {
-		c.Retry.Attempts = 8
-	}
-	if c.Retry.Base <= 0 {
-		c.Retry.Base = 100 * time.Millisecond
-	}
-	if c.Retry.Max <= 0 {
-		c.Retry.Max = 5 * time.Second
-	}
-	if c.PhaseTimeout <= 0 {
-		c.PhaseTimeout = 10 * time.Minute
-	}
-	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 30 * time.Second
-	}
-	if c.ProgressEvery <= 0 {
-		c.ProgressEvery = 2 * time.Second
-	}
+	phaseDefaults(&c.Concurrency, len(c.Identities), &c.Retry, &c.PhaseTimeout, &c.RequestTimeout, &c.ProgressEvery)
 	return nil
+}
+
+// phaseDefaults fills in what a phase of devices (enrollments, step-ca
+// signs) leaves zero: concurrency 64 (at most the devices), 8 attempts
+// with backoff from 100 ms to 5 s, 10 minutes per phase, 30 s per request,
+// a progress line every 2 s.
+func phaseDefaults(concurrency *int, devices int, retry *RetryPolicy, phase, request, progress *time.Duration) {
+	if *concurrency <= 0 {
+		*concurrency = 64
+	}
+	*concurrency = min(*concurrency, devices)
+	if retry.Attempts <= 0 {
+		retry.Attempts = 8
+	}
+	if retry.Base <= 0 {
+		retry.Base = 100 * time.Millisecond
+	}
+	if retry.Max <= 0 {
+		retry.Max = 5 * time.Second
+	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{phase, 10 * time.Minute}, {request, 30 * time.Second}, {progress, 2 * time.Second}} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
 }
 
 // Run drives every identity through an enrollment (and, with Renew, a

@@ -74,28 +74,7 @@ func (l *StepCALoad) defaults() error {
 		return errors.New("loadgen: Devices must be positive")
 	}
 	// Run's defaults.
-	if l.Concurrency <= 0 {
-		l.Concurrency = 64
-	}
-	l.Concurrency = min(l.Concurrency, l.Devices)
-	if l.Retry.Attempts <= 0 {
-		l.Retry.Attempts = 8
-	}
-	if l.Retry.Base <= 0 {
-		l.Retry.Base = 100 * time.Millisecond
-	}
-	if l.Retry.Max <= 0 {
-		l.Retry.Max = 5 * time.Second
-	}
-	if l.PhaseTimeout <= 0 {
-		l.PhaseTimeout = 10 * time.Minute
-	}
-	if l.RequestTimeout <= 0 {
-		l.RequestTimeout = 30 * time.Second
-	}
-	if l.ProgressEvery <= 0 {
-		l.ProgressEvery = 2 * time.Second
-	}
+	phaseDefaults(&l.Concurrency, l.Devices, &l.Retry, &l.PhaseTimeout, &l.RequestTimeout, &l.ProgressEvery)
 	return nil
 }
 

@@ -26,17 +26,11 @@ func ReadProvisionerKey(keyFile, passwordFile string) (*jose.JSONWebKey, error) 
 		return nil, fmt.Errorf("%w: %w", ErrProvisionerKey, err)
 	}
 	defer clear(data)
-	var password []byte
-	if passwordFile != "" {
-		if password, err = readSmallFile(passwordFile); err != nil {
-			return nil, fmt.Errorf("%w: password: %w", ErrProvisionerKey, err)
-		}
-		defer clear(password)
-		password = bytes.TrimRight(password, "\r\n")
-		if len(password) == 0 {
-			return nil, fmt.Errorf("%w: password file %s is empty", ErrProvisionerKey, passwordFile)
-		}
+	password, err := readPassword(passwordFile)
+	if err != nil {
+		return nil, err
 	}
+	defer clear(password)
 	key, err := ParseProvisionerKey(data, password)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", keyFile, err)
@@ -136,4 +130,22 @@ func readSmallFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", path, MaxKeyFileBytes)
 	}
 	return data, nil
+}
+
+// readPassword reads a key's password file ("": no password, nil) without
+// its trailing newlines; the caller clears it. An empty file is an error.
+func readPassword(passwordFile string) ([]byte, error) {
+	if passwordFile == "" {
+		return nil, nil
+	}
+	password, err := readSmallFile(passwordFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: password: %w", ErrProvisionerKey, err)
+	}
+	trimmed := bytes.TrimRight(password, "\r\n")
+	if len(trimmed) == 0 {
+		clear(password)
+		return nil, fmt.Errorf("%w: password file %s is empty", ErrProvisionerKey, passwordFile)
+	}
+	return trimmed, nil
 }

@@ -186,17 +186,11 @@ func ReadX5CCredential(certFile, keyFile, passwordFile string) (*X5CCredential, 
 		return nil, fmt.Errorf("%w: x5c key: %w", ErrProvisionerKey, err)
 	}
 	defer clear(keyPEM)
-	var password []byte
-	if passwordFile != "" {
-		if password, err = readSmallFile(passwordFile); err != nil {
-			return nil, fmt.Errorf("%w: password: %w", ErrProvisionerKey, err)
-		}
-		defer clear(password)
-		password = bytes.TrimRight(password, "\r\n")
-		if len(password) == 0 {
-			return nil, fmt.Errorf("%w: password file %s is empty", ErrProvisionerKey, passwordFile)
-		}
+	password, err := readPassword(passwordFile)
+	if err != nil {
+		return nil, err
 	}
+	defer clear(password)
 	cred, err := ParseX5CCredential(certPEM, keyPEM, password)
 	if err != nil {
 		return nil, fmt.Errorf("%s, %s: %w", certFile, keyFile, err)
