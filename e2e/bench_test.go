@@ -168,7 +168,7 @@ func TestEnrollBenchMQTT(t *testing.T) {
 
 	// compare: HTTPS and MQTT against the same server in one invocation.
 	out, stderr = run(t, false, bench, "compare", "--https", s.url, "--mqtt", mqttURL, "--root-ca", s.rootCA,
-		"--manufacturer-ca", mfr, "--identities", ids, "-n", "5", "-c", "5", "--workers", "1", "--rounds", "1",
+		"--manufacturer-ca", mfr, "--identities", ids, "-n", "10", "-c", "5", "--workers", "1", "--rounds", "1",
 		"--timeout", "60s", "-o", "json")
 	var cmp loadgen.Comparison
 	if err := json.Unmarshal([]byte(out), &cmp); err != nil {
@@ -178,15 +178,18 @@ func TestEnrollBenchMQTT(t *testing.T) {
 		t.Fatalf("compare results %+v", cmp.Results)
 	}
 	for _, r := range cmp.Results {
-		if len(r.Runs) != 1 || r.Failed != 0 || r.EnrollmentsPerSecond <= 0 || r.ServerCPUMsPerEnrollment <= 0 {
+		// Ten enrollments take a few clock ticks of server CPU (10 ms
+		// each in /proc): the figure must be read, and may round to 0.
+		if len(r.Runs) != 1 || r.Failed != 0 || r.EnrollmentsPerSecond <= 0 || r.ServerCPUMsPerEnrollment < 0 ||
+			len(r.Runs[0].Phases) == 0 || r.Runs[0].Phases[0].Server == nil {
 			t.Errorf("%s: %d runs, %d failed, %v/s, %v server ms", r.Transport, len(r.Runs), r.Failed, r.EnrollmentsPerSecond, r.ServerCPUMsPerEnrollment)
 		}
 	}
-	if cmp.MQTTOverHTTPS <= 0 || cmp.CPUMQTTOverHTTPS <= 0 {
+	if cmp.MQTTOverHTTPS <= 0 || cmp.CPUMQTTOverHTTPS < 0 {
 		t.Errorf("ratios %v / %v", cmp.MQTTOverHTTPS, cmp.CPUMQTTOverHTTPS)
 	}
-	// compare needs 2 × 5 identities: the file has 20, none are made.
-	if cmp.Identities.Count != 10 || cmp.Identities.Created != 0 {
+	// compare needs 2 × 10 identities: the file has 20, none are made.
+	if cmp.Identities.Count != 20 || cmp.Identities.Created != 0 {
 		t.Errorf("compare identities %+v", cmp.Identities)
 	}
 	if got := len(s.devices(t)); got != n {
