@@ -1,6 +1,7 @@
 package mqttapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -122,11 +123,7 @@ func (h *handler) dispatch(topic string, payload []byte) {
 // the per-client limit holds a misbehaving device, not an attacker who
 // reconnects under new IDs (the broker's connection limits do that).
 func (h *handler) classify(client string, payload []byte) admission.Request {
-	var env struct {
-		Op string `json:"op"`
-	}
-	json.Unmarshal(payload, &env)
-	req := admission.Request{Class: admission.ClassEnroll, Continues: env.Op == api.OpFinish,
+	req := admission.Request{Class: admission.ClassEnroll, Continues: opOf(payload) == api.OpFinish,
 		KeyKind: admission.KeyDevice, Key: client}
 	if api.ValidDeviceID(client) {
 		req.Class = admission.ClassRenew
@@ -308,4 +305,40 @@ func asAPIError(err error, corr string) *api.Error {
 	out := *ae
 	out.CorrelationID = corr
 	return &out
+}
+
+// maxEnvelopeKeys bounds the top-level keys opOf reads before "op".
+const maxEnvelopeKeys = 4
+
+// opOf reads the envelope's "op" for admission, without decoding the
+// evidence: it stops at the key, which clients send second (after "id"),
+// and at most maxEnvelopeKeys keys in. It returns "" when it cannot tell;
+// the request is then classed as a begin and decoded strictly later.
+func opOf(payload []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	for range maxEnvelopeKeys {
+		if !dec.More() {
+			return ""
+		}
+		k, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		if k == "op" {
+			v, err := dec.Token()
+			if err != nil {
+				return ""
+			}
+			op, _ := v.(string)
+			return op
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return ""
+		}
+	}
+	return ""
 }
