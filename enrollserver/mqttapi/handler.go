@@ -22,6 +22,13 @@ const (
 	dedupeTTL = 10 * time.Minute
 	// maxDedupe bounds the remembered answers and session bindings.
 	maxDedupe = 100000
+	// maxDedupeBytes bounds the remembered answers' payloads: a finish
+	// answer (sealed chain and bundle) is ~5 KiB, so a boot storm of
+	// 100,000 would otherwise hold ~500 MiB for dedupeTTL. Past it the
+	// oldest go first; a request redelivered after its answer was dropped
+	// is handled again (begin makes a new session, a repeated finish gets
+	// the same result from the store).
+	maxDedupeBytes = 64 << 20
 	// requestTimeout bounds the handling of one request.
 	requestTimeout = 30 * time.Second
 )
@@ -46,6 +53,7 @@ type handler struct {
 	sessions map[string]binding // session ID → client that began it
 	answers  map[string]answer  // client/message ID → answer
 	order    []string           // answers keys, oldest first
+	bytes    int                // payload bytes in answers
 }
 
 type binding struct {
@@ -281,13 +289,21 @@ func (h *handler) remember(key string, payload []byte) {
 	defer h.mu.Unlock()
 	for len(h.order) > 0 {
 		oldest := h.order[0]
-		if a, ok := h.answers[oldest]; ok && time.Since(a.at) < dedupeTTL && len(h.answers) < maxDedupe {
+		a, ok := h.answers[oldest]
+		if ok && time.Since(a.at) < dedupeTTL && len(h.answers) < maxDedupe && h.bytes+len(payload) <= maxDedupeBytes {
 			break
 		}
-		delete(h.answers, oldest)
+		if ok {
+			h.bytes -= len(a.payload)
+			delete(h.answers, oldest)
+		}
 		h.order = h.order[1:]
 	}
+	if prev, ok := h.answers[key]; ok {
+		h.bytes -= len(prev.payload)
+	}
 	h.answers[key] = answer{payload: payload, at: time.Now()}
+	h.bytes += len(payload)
 	h.order = append(h.order, key)
 }
 

@@ -1,6 +1,9 @@
 package mqttapi
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 func TestOpOf(t *testing.T) {
 	for _, tt := range []struct {
@@ -31,5 +34,28 @@ func BenchmarkOpOf(b *testing.B) {
 	big = append(big, `"}}`...)
 	for b.Loop() {
 		opOf(big)
+	}
+}
+
+// The answer cache for redelivered requests is bounded in bytes, not only
+// in count: a storm of large finish answers cannot hold memory for its TTL.
+func TestRememberBoundedInBytes(t *testing.T) {
+	h := newHandler(nil, nil, nil)
+	defer h.close()
+	payload := make([]byte, 1<<20)
+	for i := range 100 {
+		h.remember(fmt.Sprintf("client/%d", i), payload)
+		if h.bytes > maxDedupeBytes {
+			t.Fatalf("after %d answers the cache holds %d bytes, over %d", i+1, h.bytes, maxDedupeBytes)
+		}
+	}
+	if _, ok := h.answer("client/99"); !ok {
+		t.Error("the newest answer was dropped")
+	}
+	if _, ok := h.answer("client/0"); ok {
+		t.Error("the oldest answer was kept past the byte bound")
+	}
+	if want := maxDedupeBytes / len(payload); len(h.answers) != want {
+		t.Errorf("%d answers kept, want %d", len(h.answers), want)
 	}
 }
