@@ -20,6 +20,11 @@ const (
 	MinCRLLifetime     = time.Minute
 	MaxCRLLifetime     = 7 * 24 * time.Hour
 
+	// sessionsFullRetryAfter is the Retry-After, in seconds, of a begin
+	// refused because the store holds as many live sessions as it may: a
+	// session lives two minutes, so a few seconds free some.
+	sessionsFullRetryAfter = 5
+
 	// DefaultAuditRefusalsPerSecond bounds the audit records refused calls
 	// can create: unauthenticated clients must not be able to fill the
 	// disk through the audit log.

@@ -337,7 +337,10 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 	sess.PCRs = s.quotePCRs(sess.RequiredPCRs)
 	sess.CreatedAt = now
 	sess.ExpiresAt = now.Add(s.cfg.SessionTTL)
-	if err := s.cfg.Store.CreateSession(ctx, sess); err != nil {
+	if err := s.cfg.Store.CreateSession(ctx, sess); errors.Is(err, store.ErrTooManySessions) {
+		return nil, &api.Error{Code: api.CodeBusy, Message: "too many enrollments in progress; retry after retry_after_seconds",
+			RetryAfterSeconds: sessionsFullRetryAfter}
+	} else if err != nil {
 		return nil, fmt.Errorf("storing session: %w", err)
 	}
 	s.seal.put(sess.ID, sealKey, sess.ExpiresAt, now)

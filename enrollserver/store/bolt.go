@@ -79,7 +79,16 @@ type Options struct {
 	// the bucket are still found and consumed. One process only: never
 	// for a store several servers share.
 	MemorySessions bool
+	// MaxMemorySessions bounds the sessions MemorySessions holds at once
+	// (0: DefaultMaxMemorySessions); past it CreateSession returns
+	// ErrTooManySessions and the device is told to retry later.
+	MaxMemorySessions int
 }
+
+// DefaultMaxMemorySessions is 200,000 live sessions (~200 MiB at worst):
+// a begin rate of over 1,600/s sustained for the default 2-minute session
+// TTL, well above what admission lets through on a small server.
+const DefaultMaxMemorySessions = 200000
 
 // DefaultOptions returns the production defaults.
 func DefaultOptions() *Options {
@@ -152,7 +161,10 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	}
 	st := &Bolt{db: db}
 	if opts.MemorySessions {
-		st.mem = &memSessions{m: make(map[string]*memSession)}
+		st.mem = &memSessions{m: make(map[string]*memSession), max: opts.MaxMemorySessions}
+		if st.mem.max <= 0 {
+			st.mem.max = DefaultMaxMemorySessions
+		}
 	}
 	return st, nil
 }
@@ -481,8 +493,9 @@ func scanAfter[T any](ctx context.Context, b *bolt.Bucket, after string, fn func
 // memSessions are the live sessions of a store opened with
 // Options.MemorySessions.
 type memSessions struct {
-	mu sync.Mutex
-	m  map[string]*memSession
+	mu  sync.Mutex
+	m   map[string]*memSession
+	max int
 }
 
 // memSession is one live session. sess is never modified after
@@ -547,6 +560,9 @@ func (s *Bolt) createMemSession(sess *Session) error {
 	defer s.mem.mu.Unlock()
 	if s.mem.m[sess.ID] != nil {
 		return fmt.Errorf("session %s: %w", sess.ID, ErrExists)
+	}
+	if len(s.mem.m) >= s.mem.max {
+		return fmt.Errorf("%d sessions live: %w", len(s.mem.m), ErrTooManySessions)
 	}
 	s.mem.m[sess.ID] = e
 	return nil

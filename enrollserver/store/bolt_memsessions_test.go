@@ -104,3 +104,37 @@ func TestBoltMemorySessionsAcrossRestart(t *testing.T) {
 		t.Errorf("certificate after restart: %+v, %v", c, err)
 	}
 }
+
+// Sessions held in memory are capped: past MaxMemorySessions a begin is
+// refused with ErrTooManySessions, and a finished one frees its place.
+func TestBoltMemorySessionsCap(t *testing.T) {
+	opts := store.DefaultOptions()
+	opts.MemorySessions, opts.MaxMemorySessions = true, 3
+	s, err := store.Open(filepath.Join(t.TempDir(), "enroll.db"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	now := time.Now()
+	sess := func(id string) *store.Session {
+		return &store.Session{ID: id, DeviceID: "dev-" + id, CreatedAt: now, ExpiresAt: now.Add(time.Minute)}
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if err := s.CreateSession(ctx, sess(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateSession(ctx, sess("d")); !errors.Is(err, store.ErrTooManySessions) {
+		t.Fatalf("fourth session: %v, want ErrTooManySessions", err)
+	}
+	if _, err := s.FinishEnrollment(ctx, "a", now, &store.IssuedCertificate{Serial: "01", DeviceID: "dev-a", SessionID: "a"},
+		func(*store.Device) (*store.Device, *store.AuditRecord, error) {
+			return &store.Device{ID: "dev-a", Status: store.StatusEnrolled}, nil, nil
+		}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateSession(ctx, sess("d")); err != nil {
+		t.Fatalf("after a finish freed a place: %v", err)
+	}
+}

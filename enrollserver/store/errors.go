@@ -20,6 +20,10 @@ var (
 
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("store: closed")
+
+	// ErrTooManySessions: CreateSession found the live sessions at their
+	// cap (Options.MaxMemorySessions): the device should retry later.
+	ErrTooManySessions = errors.New("store: too many live sessions")
 )
 
 // Errors of the fleet-operation methods.
