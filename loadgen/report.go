@@ -103,6 +103,20 @@ type RetryReport struct {
 	Histogram map[int]int `json:"histogram"`
 }
 
+// add counts one device that made attempts attempts (none: not counted).
+func (rr *RetryReport) add(attempts int) {
+	if attempts <= 0 {
+		return
+	}
+	retries := attempts - 1
+	rr.Histogram[retries]++
+	rr.Total += retries
+	rr.Max = max(rr.Max, retries)
+	if retries > 0 {
+		rr.DevicesRetried++
+	}
+}
+
 // ProcessReport is CPU and memory of the server or of the device side.
 type ProcessReport struct {
 	PIDs       []int   `json:"pids"`

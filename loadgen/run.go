@@ -317,15 +317,7 @@ func summarizePhase(name string, results []deviceResult, elapsed time.Duration) 
 		for _, c := range r.errors {
 			p.Errors[c]++
 		}
-		if r.attempts > 0 {
-			retries := r.attempts - 1
-			p.Retries.Histogram[retries]++
-			p.Retries.Total += retries
-			p.Retries.Max = max(p.Retries.Max, retries)
-			if retries > 0 {
-				p.Retries.DevicesRetried++
-			}
-		}
+		p.Retries.add(r.attempts)
 		if !r.ok {
 			p.Failed++
 			continue

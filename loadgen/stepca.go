@@ -394,15 +394,7 @@ func (c *StepCA) runPhase(ctx context.Context, sl *StepCALoad, devs []stepCADevi
 		for _, code := range r.errors {
 			p.Errors[code]++
 		}
-		if r.attempts > 0 {
-			retries := r.attempts - 1
-			p.Retries.Histogram[retries]++
-			p.Retries.Total += retries
-			p.Retries.Max = max(p.Retries.Max, retries)
-			if retries > 0 {
-				p.Retries.DevicesRetried++
-			}
-		}
+		p.Retries.add(r.attempts)
 		if !r.ok {
 			p.Failed++
 			continue
