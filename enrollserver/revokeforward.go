@@ -44,9 +44,13 @@ const (
 	// pass forwards; the rest wait for the next pass.
 	MaxRevocationForwardsPerPass = 1000
 	// MaxSettledRevocations bounds the serials a RevocationForwarder
-	// remembers as done; the oldest are forgotten first and forwarded
-	// again if still unexpired, which the CA answers as already revoked.
-	MaxSettledRevocations = 1 << 16
+	// remembers as done (~80 bytes each). A settled serial is forgotten
+	// once its certificate expires (it is no longer forwarded then). Past
+	// the cap new ones are not remembered and are forwarded again each
+	// pass, which the CA answers as already revoked: a fleet with more
+	// unexpired revocations than this makes passes repeat work, never
+	// skip any.
+	MaxSettledRevocations = 1 << 20
 	// revocationForwardBudget bounds what DeviceAction waits for its
 	// forwards; what does not fit is left to the next Reconcile.
 	revocationForwardBudget = 20 * time.Second
@@ -161,11 +165,9 @@ type RevocationForwarder struct {
 
 	mu sync.Mutex
 	// settled are serials acknowledged by the Revoker or provably the
-	// embedded CA's, at most MaxSettledRevocations; order is a ring of
-	// them, and next the oldest once it is full.
-	settled map[string]struct{}
-	order   []string
-	next    int
+	// embedded CA's, with their certificate's NotAfter (zero: unknown),
+	// at most MaxSettledRevocations; expired ones are dropped each pass.
+	settled map[string]time.Time
 	// failures counts failed forwards of serials not yet settled.
 	failures map[string]int
 }
@@ -191,7 +193,7 @@ func NewRevocationForwarder(cfg RevocationForwarderConfig) (*RevocationForwarder
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &RevocationForwarder{cfg: cfg, settled: map[string]struct{}{}, failures: map[string]int{}}, nil
+	return &RevocationForwarder{cfg: cfg, settled: map[string]time.Time{}, failures: map[string]int{}}, nil
 }
 
 // ReconcileResult counts what one pass did.
@@ -217,10 +219,17 @@ func (f *RevocationForwarder) Reconcile(ctx context.Context) (ReconcileResult, e
 	defer f.pass.Unlock()
 	var res ReconcileResult
 
-	// 1. Collect, without I/O inside the store's read.
+	// 1. Collect, without I/O inside the store's read: first the serials
+	// that never failed, then the others, MaxRevocationForwardsPerPass in
+	// all, so serials refused again and again cannot crowd out new ones.
 	now := f.cfg.Now()
-	var todo []store.Revocation
+	var fresh, retry []store.Revocation
 	f.mu.Lock()
+	for serial, notAfter := range f.settled {
+		if !notAfter.IsZero() && notAfter.Before(now) {
+			delete(f.settled, serial)
+		}
+	}
 	err := f.cfg.Store.Revocations(ctx, func(r *store.Revocation) bool {
 		if !r.NotAfter.IsZero() && r.NotAfter.Before(now) {
 			return true
@@ -228,22 +237,25 @@ func (f *RevocationForwarder) Reconcile(ctx context.Context) (ReconcileResult, e
 		if _, ok := f.settled[r.Serial]; ok {
 			return true
 		}
-		if len(todo) == MaxRevocationForwardsPerPass {
+		switch {
+		case f.failures[r.Serial] == 0 && len(fresh) < MaxRevocationForwardsPerPass:
+			fresh = append(fresh, *r)
+		case f.failures[r.Serial] > 0 && len(retry) < MaxRevocationForwardsPerPass:
+			retry = append(retry, *r)
+		default:
 			res.Pending++
-			return true
 		}
-		todo = append(todo, *r)
 		return true
 	})
-	failures := make(map[string]int, len(todo))
-	for _, r := range todo {
-		failures[r.Serial] = f.failures[r.Serial]
-	}
 	f.mu.Unlock()
 	if err != nil {
 		return res, fmt.Errorf("reading revocations: %w", err)
 	}
-	slices.SortStableFunc(todo, func(a, b store.Revocation) int { return failures[a.Serial] - failures[b.Serial] })
+	todo := append(fresh, retry...)
+	if len(todo) > MaxRevocationForwardsPerPass {
+		res.Pending += len(todo) - MaxRevocationForwardsPerPass
+		todo = todo[:MaxRevocationForwardsPerPass]
+	}
 
 	// 2. Forward.
 	for i, r := range todo {
@@ -257,7 +269,7 @@ func (f *RevocationForwarder) Reconcile(ctx context.Context) (ReconcileResult, e
 			return res, fmt.Errorf("reading device %s: %w", r.DeviceID, err)
 		}
 		if fromEnrollmentCA(f.cfg.CA, dev, r.Serial) {
-			f.settle(r.Serial)
+			f.settle(r.Serial, r.NotAfter)
 			res.EmbeddedCA++
 			continue
 		}
@@ -272,7 +284,7 @@ func (f *RevocationForwarder) Reconcile(ctx context.Context) (ReconcileResult, e
 			res.Pending++
 			continue
 		}
-		f.settle(r.Serial)
+		f.settle(r.Serial, r.NotAfter)
 		res.Forwarded++
 	}
 	switch {
@@ -302,22 +314,14 @@ func (f *RevocationForwarder) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// settle remembers serial as done, forgetting the oldest beyond the cap.
-func (f *RevocationForwarder) settle(serial string) {
+// settle remembers serial, whose certificate ends at notAfter, as done.
+func (f *RevocationForwarder) settle(serial string, notAfter time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.failures, serial)
-	if _, ok := f.settled[serial]; ok {
-		return
+	if len(f.settled) < MaxSettledRevocations {
+		f.settled[serial] = notAfter
 	}
-	f.settled[serial] = struct{}{}
-	if len(f.order) < MaxSettledRevocations {
-		f.order = append(f.order, serial)
-		return
-	}
-	delete(f.settled, f.order[f.next])
-	f.order[f.next] = serial
-	f.next = (f.next + 1) % MaxSettledRevocations
 }
 
 // failed counts a failed forward of serial and returns the count.
