@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/enrollserver"
@@ -106,15 +107,15 @@ func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pk
 			return nil, fmt.Errorf("broker CA %s holds no PEM certificate", cfg.MQTTBrokerCA)
 		}
 	}
-	cert, err := ca.IssueServiceClient(BrokerClientName, brokerClientLifetime)
-	if err != nil {
+	certs := &brokerClientCert{ca: ca}
+	if _, err := certs.get(nil); err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ext, err := mqttapi.NewExternal(cctx, srv, mqttapi.ExternalOptions{
 		BrokerURL: cfg.MQTTBroker,
-		TLS:       &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{*cert}},
+		TLS:       &tls.Config{RootCAs: roots, GetClientCertificate: certs.get},
 		Logger:    log,
 		Admission: cfg.admission,
 	})
@@ -123,6 +124,40 @@ func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pk
 	}
 	log.Info("serving enrollment through an external MQTT broker", "broker", cfg.MQTTBroker, "user", BrokerClientName)
 	return ext, nil
+}
+
+// brokerClientCert is enrolld's client certificate for the external
+// broker, issued afresh at each handshake (a reconnect) once half of its
+// lifetime has passed, so a connection that lives longer than a
+// certificate still reconnects.
+type brokerClientCert struct {
+	ca   *pki.CA
+	now  func() time.Time // nil: time.Now
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+func (b *brokerClientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now
+	if b.now != nil {
+		now = b.now
+	}
+	if c := b.cert; c != nil && now().Before(c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)/2)) {
+		return c, nil
+	}
+	c, err := b.ca.IssueServiceClient(BrokerClientName, brokerClientLifetime)
+	if err != nil {
+		return nil, fmt.Errorf("issuing enrolld's broker client certificate: %w", err)
+	}
+	if c.Leaf == nil {
+		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return nil, err
+		}
+	}
+	b.cert = c
+	return c, nil
 }
 
 // WriteBrokerCredentials issues a TLS server certificate for an external

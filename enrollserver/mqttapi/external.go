@@ -50,7 +50,7 @@ func NewExternal(ctx context.Context, core *enrollserver.Server, opts ExternalOp
 	if err != nil || u.Scheme != "mqtts" || u.Host == "" {
 		return nil, fmt.Errorf("mqttapi: broker URL %q: want mqtts://host:port", opts.BrokerURL)
 	}
-	if opts.TLS == nil || len(opts.TLS.Certificates) == 0 {
+	if opts.TLS == nil || (len(opts.TLS.Certificates) == 0 && opts.TLS.GetClientCertificate == nil) {
 		return nil, errors.New("mqttapi: the external broker needs enrolld's client certificate")
 	}
 	if opts.Logger == nil {
