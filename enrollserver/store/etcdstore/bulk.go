@@ -270,9 +270,23 @@ func (b *bulk) write(ctx context.Context, body, final []bulkOp, audit []*store.A
 	}
 	// The commit point.
 	if err := commit(append(final, bulkOp{Key: s.k.journalState(jid), Val: journalCommitted})); err != nil {
-		if !errors.Is(err, errLostLock) {
-			b.discard(context.WithoutCancel(ctx), jid)
+		if errors.Is(err, errLostLock) {
+			return err
 		}
+		// An error may hide a commit that applied (a timeout): look at
+		// the journal's state before throwing its rows away. If it cannot
+		// be read, the journal stays for the next lock holder's recovery,
+		// which finishes or discards it by the same state.
+		rctx, cancel := s.reqCtx(context.WithoutCancel(ctx))
+		resp, serr := s.cli.Get(rctx, s.k.journalState(jid))
+		cancel()
+		switch {
+		case serr != nil:
+			return fmt.Errorf("%w (bulk write %s left for the next writer to finish or discard: %v)", err, jid, serr)
+		case len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == journalCommitted:
+			return b.rollForward(context.WithoutCancel(ctx), jid)
+		}
+		b.discard(context.WithoutCancel(ctx), jid)
 		return err
 	}
 	// Committed: finish even if ctx ends (the lock holder's duty; a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -368,8 +369,9 @@ func (s *Store) updateDevicesChunked(ctx context.Context, ids []string, fn func(
 				n++
 				if ch != nil {
 					if ch.Revoke != nil {
-						revoked = append(pre[id], revoked...)
-						delete(pre, id)
+						// pre is read, not consumed: this closure
+						// runs again after a conflict.
+						revoked = slices.Concat(pre[id], revoked)
 					}
 					done = append(done, changeDone{ch, revoked})
 				}
