@@ -47,6 +47,7 @@ type pendingCommit struct {
 	t    *txn
 	cmps []clientv3.Cmp
 	ops  []clientv3.Op
+	size int // estimated encoded bytes (txn.commit)
 	done chan commitResult
 }
 
@@ -89,6 +90,7 @@ func (s *Store) takeBatch() []*pendingCommit {
 	reads := map[string]bool{}
 	var ranges []readRange
 	ncmp, nops, maxCmp := 0, 1, 0 // nops: the counter
+	size := 0                     // a batch stays under MaxTxnBytes, as each member does
 	for _, p := range s.gcQueue {
 		t := p.t
 		// etcd counts a transaction's operations per level: the outer
@@ -100,7 +102,7 @@ func (s *Store) takeBatch() []*pendingCommit {
 		if n > 1 {
 			outer = max(outer, n)
 		}
-		fits := n <= maxBatch && outer+o <= MaxTxnOps && (n == 1 || outer+mc <= MaxTxnOps)
+		fits := n <= maxBatch && outer+o <= MaxTxnOps && (n == 1 || outer+mc <= MaxTxnOps) && (n == 1 || size+p.size <= MaxTxnBytes)
 		if fits && len(batch) > 0 {
 			for k := range t.writes {
 				if writes[k] || reads[k] || inRanges(ranges, k) {
@@ -138,6 +140,7 @@ func (s *Store) takeBatch() []*pendingCommit {
 		ncmp += len(p.cmps)
 		nops += len(p.ops) + len(t.audit)
 		maxCmp = max(maxCmp, len(p.cmps))
+		size += p.size
 	}
 	s.gcQueue = rest
 	return batch

@@ -331,7 +331,7 @@ func (t *txn) commit() (bool, error) {
 		}
 		return resp.Succeeded, nil
 	}
-	p := &pendingCommit{t: t, cmps: cmps, ops: ops, done: make(chan commitResult, 1)}
+	p := &pendingCommit{t: t, cmps: cmps, ops: ops, size: size, done: make(chan commitResult, 1)}
 	if len(t.extra) > 0 {
 		// A bulk write's fenced commit is sent alone.
 		t.s.sendBatch(t.ctx, []*pendingCommit{p})
