@@ -310,7 +310,6 @@ func Default() *Controller {
 // request's work is done; further calls do nothing.
 type Permit struct {
 	c        *Controller
-	class    Class
 	start    time.Time
 	released bool // guarded by c.mu
 }
@@ -428,6 +427,16 @@ func (t *Ticket) Wait(ctx context.Context) (*Permit, error) {
 	return nil, w.err
 }
 
+// Cancel gives the request up without waiting: it leaves the queue, or
+// the slot it was granted is released.
+func (t *Ticket) Cancel() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if p, _ := t.Wait(ctx); p != nil {
+		p.Release()
+	}
+}
+
 // Close refuses queued requests with ErrClosed, and every later Enter.
 // Permits held stay valid.
 func (c *Controller) Close() {
@@ -501,7 +510,7 @@ func (c *Controller) charge(req Request, now time.Time) time.Duration {
 
 // grant gives w a slot already counted in inFlight. Called with c.mu.
 func (c *Controller) grant(w *waiter, now time.Time) {
-	w.permit = &Permit{c: c, class: w.req.Class, start: now}
+	w.permit = &Permit{c: c, start: now}
 	c.m.wait.WithLabelValues(w.req.Class.String()).Observe(now.Sub(w.queued).Seconds())
 	close(w.done)
 }

@@ -569,3 +569,32 @@ func TestDefault(t *testing.T) {
 		p.Release()
 	}
 }
+
+// Cancel frees the slot a ticket was granted, or takes it out of the
+// queue.
+func TestTicketCancel(t *testing.T) {
+	c, err := admission.New(&admission.Options{Slots: 1, MaxQueue: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := func(k string) admission.Request {
+		return admission.Request{Class: admission.ClassEnroll, KeyKind: admission.KeyDevice, Key: k}
+	}
+	granted, err := c.Enter(req("a")) // takes the free slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued, err := c.Enter(req("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued.Cancel()
+	if st := c.Stats(); st.Queued != 0 || st.InFlight != 1 {
+		t.Fatalf("after cancelling the queued ticket: %+v", st)
+	}
+	granted.Cancel()
+	if st := c.Stats(); st.Queued != 0 || st.InFlight != 0 {
+		t.Fatalf("after cancelling the granted ticket: %+v", st)
+	}
+}

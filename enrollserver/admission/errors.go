@@ -3,6 +3,7 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"github.com/edgeenroll/edgeenroll/api"
 	"time"
 )
 
@@ -65,3 +66,22 @@ func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 // RetryAfterSeconds is RetryAfter in whole seconds, for the Retry-After
 // header and api.Error.RetryAfterSeconds.
 func (e *RefusedError) RetryAfterSeconds() int { return int(e.RetryAfter / time.Second) }
+
+// APIError is the busy answer a transport gives for err, a refusal of
+// Enter or Ticket.Wait: CodeBusy with the refusal's Retry-After, or, once
+// the controller is closed (shutting down) or the client gave up while
+// queued, CodeUnavailable. retryHint tells the client where the delay is
+// ("the Retry-After delay" over HTTPS, "retry_after_seconds" over MQTT).
+func APIError(err error, retryHint string) *api.Error {
+	var re *RefusedError
+	switch {
+	case errors.As(err, &re) && re.Reason == ReasonRateLimited:
+		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
+			Message: "too many requests from this client; retry after " + retryHint}
+	case errors.As(err, &re):
+		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
+			Message: "server busy (" + re.Reason.String() + "); retry after " + retryHint}
+	}
+	return &api.Error{Code: api.CodeUnavailable, RetryAfterSeconds: int(MinRetryAfter / time.Second),
+		Message: "server shutting down; retry later"}
+}

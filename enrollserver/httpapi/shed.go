@@ -1,14 +1,12 @@
 package httpapi
 
 import (
-	"errors"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/pki"
@@ -86,27 +84,10 @@ func (s *shedder) wrap(next http.HandlerFunc, continues bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.ctrl.Acquire(r.Context(), s.classify(r, continues))
 		if err != nil {
-			writeError(w, correlationID(r), busyError(err))
+			writeError(w, correlationID(r), admission.APIError(err, "the Retry-After delay"))
 			return
 		}
 		defer p.Release()
 		next(w, r)
 	}
-}
-
-// busyError maps an admission refusal to the protocol's busy answer.
-func busyError(err error) *api.Error {
-	var re *admission.RefusedError
-	switch {
-	case errors.As(err, &re) && re.Reason == admission.ReasonRateLimited:
-		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
-			Message: "too many requests from this client; retry after the Retry-After delay"}
-	case errors.As(err, &re):
-		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
-			Message: "server busy (" + re.Reason.String() + "); retry after the Retry-After delay"}
-	}
-	// The controller is closed (shutting down) or the client went away
-	// while queued (nobody reads this answer).
-	return &api.Error{Code: api.CodeUnavailable, RetryAfterSeconds: int(admission.MinRetryAfter / time.Second),
-		Message: "server shutting down; retry later"}
 }

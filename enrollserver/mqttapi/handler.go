@@ -20,8 +20,12 @@ import (
 const (
 	// dedupeTTL keeps answers for redelivered requests (QoS 1).
 	dedupeTTL = 10 * time.Minute
-	// maxDedupe bounds the remembered answers and session bindings.
+	// maxDedupe bounds the remembered answers.
 	maxDedupe = 100000
+	// maxBindings bounds the sessions bound to the client that began
+	// them: as many as the store keeps live sessions in memory
+	// (store.DefaultMaxMemorySessions); past it a begin is answered busy.
+	maxBindings = 200000
 	// maxDedupeBytes bounds the remembered answers' payloads: a finish
 	// answer (sealed chain and bundle) is ~5 KiB, so a boot storm of
 	// 100,000 would otherwise hold ~500 MiB for dedupeTTL. Past it the
@@ -31,6 +35,9 @@ const (
 	maxDedupeBytes = 64 << 20
 	// requestTimeout bounds the handling of one request.
 	requestTimeout = 30 * time.Second
+	// bindingsFullRetryAfter is the Retry-After, in seconds, of a begin
+	// refused at maxBindings: a session lives two minutes.
+	bindingsFullRetryAfter = 5
 )
 
 // handler serves requests whatever the broker. publish sends an answer to
@@ -45,7 +52,11 @@ type handler struct {
 	// dispatch to its slots plus its queue.
 	adm     *admission.Controller
 	ownsAdm bool // close adm with the handler
+	// wg counts dispatched requests; closing (under mu) stops new ones,
+	// so no wg.Add races close's wg.Wait (paho runs message handlers on
+	// goroutines Disconnect does not wait for).
 	wg      sync.WaitGroup
+	closing bool
 	ctx     context.Context
 	cancel  context.CancelFunc
 
@@ -80,6 +91,9 @@ func newHandler(core *enrollserver.Server, log *slog.Logger, adm *admission.Cont
 
 // close stops accepting work and waits for requests in flight.
 func (h *handler) close() {
+	h.mu.Lock()
+	h.closing = true
+	h.mu.Unlock()
 	if h.ownsAdm {
 		h.adm.Close()
 	}
@@ -103,16 +117,23 @@ func (h *handler) dispatch(topic string, payload []byte) {
 	// their own.
 	t, err := h.adm.Enter(h.classify(client, payload))
 	if err != nil {
-		h.reply(client, envelopeError(payload, busyError(err)))
+		h.reply(client, envelopeError(payload, admission.APIError(err, "retry_after_seconds")))
+		return
+	}
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		t.Cancel()
 		return
 	}
 	h.wg.Add(1)
+	h.mu.Unlock()
 	go func() {
 		defer h.wg.Done()
 		p, err := t.Wait(h.ctx)
 		if err != nil {
 			if h.ctx.Err() == nil {
-				h.reply(client, envelopeError(payload, busyError(err)))
+				h.reply(client, envelopeError(payload, admission.APIError(err, "retry_after_seconds")))
 			}
 			return
 		}
@@ -131,7 +152,7 @@ func (h *handler) dispatch(topic string, payload []byte) {
 // the per-client limit holds a misbehaving device, not an attacker who
 // reconnects under new IDs (the broker's connection limits do that).
 func (h *handler) classify(client string, payload []byte) admission.Request {
-	req := admission.Request{Class: admission.ClassEnroll, Continues: opOf(payload) == api.OpFinish,
+	req := admission.Request{Class: admission.ClassEnroll, Continues: envelopeOp(payload) == api.OpFinish,
 		KeyKind: admission.KeyDevice, Key: client}
 	if api.ValidDeviceID(client) {
 		req.Class = admission.ClassRenew
@@ -144,30 +165,17 @@ func (h *handler) classify(client string, payload []byte) admission.Request {
 	return req
 }
 
-// busyError maps an admission refusal to the protocol's busy answer.
-func busyError(err error) *api.Error {
-	var re *admission.RefusedError
-	switch {
-	case errors.As(err, &re) && re.Reason == admission.ReasonRateLimited:
-		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
-			Message: "too many requests from this client; retry after retry_after_seconds"}
-	case errors.As(err, &re):
-		return &api.Error{Code: api.CodeBusy, RetryAfterSeconds: re.RetryAfterSeconds(),
-			Message: "server busy (" + re.Reason.String() + "); retry after retry_after_seconds"}
-	}
-	return &api.Error{Code: api.CodeUnavailable, RetryAfterSeconds: int(admission.MinRetryAfter / time.Second),
-		Message: "server shutting down; retry later"}
+// envelopeError answers a request that could not be decoded or was
+// refused, echoing its ID and op if they can be read.
+func envelopeError(payload []byte, e *api.Error) *api.MQTTResponse {
+	id, op := envelopeOf(payload)
+	return &api.MQTTResponse{ID: id, Op: op, Error: e}
 }
 
-// envelopeError answers a request that could not be decoded, echoing its
-// ID if one can be read.
-func envelopeError(payload []byte, e *api.Error) *api.MQTTResponse {
-	var env struct {
-		ID string `json:"id"`
-		Op string `json:"op"`
-	}
-	json.Unmarshal(payload, &env)
-	return &api.MQTTResponse{ID: env.ID, Op: env.Op, Error: e}
+// envelopeOp is the envelope's op (envelopeOf).
+func envelopeOp(payload []byte) string {
+	_, op := envelopeOf(payload)
+	return op
 }
 
 func (h *handler) handle(client string, payload []byte) {
@@ -193,8 +201,10 @@ func (h *handler) handle(client string, payload []byte) {
 	switch req.Op {
 	case api.OpBegin:
 		resp.Begin, err = h.core.Begin(ctx, corr, req.Begin)
-		if err == nil {
-			h.bind(resp.Begin.SessionID, client, resp.Begin.ExpiresAt)
+		if err == nil && !h.bind(resp.Begin.SessionID, client, resp.Begin.ExpiresAt) {
+			// Its finish would be refused: begin again later.
+			resp.Begin, err = nil, &api.Error{Code: api.CodeBusy, RetryAfterSeconds: bindingsFullRetryAfter,
+				Message: "too many enrollments in progress over MQTT; retry after retry_after_seconds"}
 		}
 	case api.OpFinish:
 		resp.Sealed, err = h.finish(ctx, client, corr, &req)
@@ -258,10 +268,12 @@ func (h *handler) whoami(ctx context.Context, client string) (*api.WhoamiRespons
 	return h.core.Whoami(ctx, leaf)
 }
 
-func (h *handler) bind(sessionID, client string, expires time.Time) {
+// bind records that client began sessionID, and reports false when the
+// bindings are at maxBindings even after dropping expired ones.
+func (h *handler) bind(sessionID, client string, expires time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.sessions) >= maxDedupe {
+	if len(h.sessions) >= maxBindings {
 		now := time.Now()
 		for id, s := range h.sessions {
 			if now.After(s.expires) {
@@ -269,9 +281,11 @@ func (h *handler) bind(sessionID, client string, expires time.Time) {
 			}
 		}
 	}
-	if len(h.sessions) < maxDedupe {
-		h.sessions[sessionID] = binding{client: client, expires: expires}
+	if len(h.sessions) >= maxBindings {
+		return false
 	}
+	h.sessions[sessionID] = binding{client: client, expires: expires}
+	return true
 }
 
 func (h *handler) answer(key string) ([]byte, bool) {
@@ -323,38 +337,44 @@ func asAPIError(err error, corr string) *api.Error {
 	return &out
 }
 
-// maxEnvelopeKeys bounds the top-level keys opOf reads before "op".
+// maxEnvelopeKeys bounds the top-level keys envelopeOf reads.
 const maxEnvelopeKeys = 4
 
-// opOf reads the envelope's "op" for admission, without decoding the
-// evidence: it stops at the key, which clients send second (after "id"),
-// and at most maxEnvelopeKeys keys in. It returns "" when it cannot tell;
-// the request is then classed as a begin and decoded strictly later.
-func opOf(payload []byte) string {
+// envelopeOf reads the envelope's "id" and "op" without decoding the
+// evidence: a token scan that stops once it has both (clients send them
+// first) and after maxEnvelopeKeys keys. What it cannot read is "". It
+// serves admission and refusals; the request itself is decoded strictly
+// once admitted.
+func envelopeOf(payload []byte) (id, op string) {
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return ""
+		return "", ""
 	}
 	for range maxEnvelopeKeys {
-		if !dec.More() {
-			return ""
+		if (id != "" && op != "") || !dec.More() {
+			break
 		}
 		k, err := dec.Token()
 		if err != nil {
-			return ""
+			break
 		}
-		if k == "op" {
+		if k == "id" || k == "op" {
 			v, err := dec.Token()
 			if err != nil {
-				return ""
+				break
 			}
-			op, _ := v.(string)
-			return op
+			str, _ := v.(string)
+			if k == "id" {
+				id = str
+			} else {
+				op = str
+			}
+			continue
 		}
 		var skip json.RawMessage
 		if err := dec.Decode(&skip); err != nil {
-			return ""
+			break
 		}
 	}
-	return ""
+	return id, op
 }

@@ -5,27 +5,27 @@ import (
 	"testing"
 )
 
-func TestOpOf(t *testing.T) {
+func TestEnvelopeOf(t *testing.T) {
 	for _, tt := range []struct {
-		payload, want string
+		payload, wantID, want string
 	}{
-		{`{"id":"a","op":"finish","finish":{}}`, "finish"},
-		{`{"op":"begin"}`, "begin"},
-		{`{"id":"a","correlation_id":"c","finish":{"x":1},"op":"finish"}`, "finish"},
-		{`{"a":1,"b":2,"c":3,"d":4,"op":"finish"}`, ""}, // beyond maxEnvelopeKeys
-		{`{"id":"a","op":7}`, ""},
-		{`{"id":"a","op":`, ""},
-		{`[]`, ""},
-		{``, ""},
-		{`not json`, ""},
+		{`{"id":"a","op":"finish","finish":{}}`, "a", "finish"},
+		{`{"op":"begin"}`, "", "begin"},
+		{`{"id":"a","correlation_id":"c","finish":{"x":1},"op":"finish"}`, "a", "finish"},
+		{`{"a":1,"b":2,"c":3,"d":4,"op":"finish"}`, "", ""}, // beyond maxEnvelopeKeys
+		{`{"id":"a","op":7}`, "a", ""},
+		{`{"id":"a","op":`, "a", ""},
+		{`[]`, "", ""},
+		{``, "", ""},
+		{`not json`, "", ""},
 	} {
-		if got := opOf([]byte(tt.payload)); got != tt.want {
-			t.Errorf("opOf(%s) = %q, want %q", tt.payload, got, tt.want)
+		if id, op := envelopeOf([]byte(tt.payload)); id != tt.wantID || op != tt.want {
+			t.Errorf("envelopeOf(%s) = %q, %q, want %q, %q", tt.payload, id, op, tt.wantID, tt.want)
 		}
 	}
 }
 
-func BenchmarkOpOf(b *testing.B) {
+func BenchmarkEnvelopeOf(b *testing.B) {
 	payload := []byte(`{"id":"0123456789abcdef","op":"finish","correlation_id":"c","finish":{"session_id":"s","quote":"` + string(make([]byte, 0)) + `"}}`)
 	big := append([]byte(nil), payload[:len(payload)-3]...)
 	for range 8000 {
@@ -33,7 +33,7 @@ func BenchmarkOpOf(b *testing.B) {
 	}
 	big = append(big, `"}}`...)
 	for b.Loop() {
-		opOf(big)
+		envelopeOf(big)
 	}
 }
 
