@@ -55,9 +55,13 @@ type bulk struct {
 	mu   *concurrency.Mutex
 }
 
-// lockBulk takes the bulk lock (waiting at most BulkLockWait) and
-// finishes any journal a dead holder left.
-func (s *Store) lockBulk(ctx context.Context) (*bulk, error) {
+// errBulkLockHeld: lockBulk with try found the lock held.
+var errBulkLockHeld = errors.New("bulk-write lock held by another server")
+
+// lockBulk takes the cluster-wide bulk-write lock, waiting at most
+// Options.BulkLockWait (try: not at all, errBulkLockHeld), and finishes
+// or discards journals a stopped server left.
+func (s *Store) lockBulk(ctx context.Context, try bool) (*bulk, error) {
 	if err := s.begin(ctx); err != nil {
 		return nil, err
 	}
@@ -76,11 +80,22 @@ func (s *Store) lockBulk(ctx context.Context) (*bulk, error) {
 	}
 	mu := concurrency.NewMutex(sess, s.k.bulkLock())
 	lctx, cancel := context.WithTimeout(ctx, s.opts.BulkLockWait)
-	err = mu.Lock(lctx)
+	if try {
+		err = mu.TryLock(lctx)
+	} else {
+		err = mu.Lock(lctx)
+	}
 	cancel()
-	if err != nil {
+	switch {
+	case errors.Is(err, concurrency.ErrLocked):
 		sess.Close()
-		return nil, fmt.Errorf("taking the pre-registration lock: %w", err)
+		return nil, errBulkLockHeld
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		sess.Close()
+		return nil, fmt.Errorf("taking the bulk-write lock: another server's pre-registration or import held it for over %v (Options.BulkLockWait); retry when it is done: %w", s.opts.BulkLockWait, err)
+	case err != nil:
+		sess.Close()
+		return nil, fmt.Errorf("taking the bulk-write lock: %w", err)
 	}
 	b := &bulk{s: s, sess: sess, mu: mu}
 	if err := b.recover(ctx); err != nil {
@@ -108,8 +123,12 @@ func (s *Store) recoverIfNeeded(ctx context.Context) error {
 	if resp.Count == 0 {
 		return nil
 	}
-	b, err := s.lockBulk(ctx) // recovers
-	if err != nil {
+	b, err := s.lockBulk(ctx, true) // recovers
+	if errors.Is(err, errBulkLockHeld) {
+		// A server is writing in bulk now (its own journal is counted);
+		// it, or the next lock holder, finishes what a stopped one left.
+		return nil
+	} else if err != nil {
 		return err
 	}
 	b.unlock()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -392,20 +391,3 @@ func parseCounter(kv *mvccpb.KeyValue) (uint64, error) {
 	}
 	return n, nil
 }
-
-// readCounter reads a counter key (0 if absent).
-func (s *Store) readCounter(ctx context.Context, key string) (uint64, error) {
-	rctx, cancel := s.reqCtx(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(rctx, key)
-	if err != nil {
-		return 0, fmt.Errorf("reading %s: %w", s.k.rel(key), err)
-	}
-	if len(resp.Kvs) == 0 {
-		return 0, nil
-	}
-	return parseCounter(resp.Kvs[0])
-}
-
-// isNotFound reports the store's not-found sentinel.
-func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }

@@ -28,7 +28,7 @@ func (s *Store) Preregistrations(ctx context.Context, fn func(*store.Preregistra
 // withBulk runs fn with the bulk lock held, again (at most
 // MaxTxnAttempts times) while it returns errRetry.
 func (s *Store) withBulk(ctx context.Context, fn func(b *bulk, r *preregReader) error) error {
-	b, err := s.lockBulk(ctx)
+	b, err := s.lockBulk(ctx, false)
 	if err != nil {
 		return err
 	}
