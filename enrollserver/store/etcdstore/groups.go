@@ -49,21 +49,20 @@ func (s *Store) Groups(ctx context.Context, fn func(*store.Group) bool) error {
 	return scanJSON(ctx, s, s.k.groups(), end(s.k.groups()), false, fn)
 }
 
-// latestConfig reads the newest version of scope in t (guarded by a
-// range compare over the scope: a version added meanwhile re-runs t).
+// latestConfig reads the newest version of scope in t, through the
+// scope's configlatest key (guarded: a version added meanwhile re-runs t).
+// A range read sorted newest first would make etcd load every version:
+// it applies a limit only to ascending key order.
 func latestConfig(t *txn, scope string) (*store.ConfigVersion, error) {
-	p := t.s.k.configScope(scope)
-	rctx, cancel := t.s.reqCtx(t.ctx)
-	defer cancel()
-	resp, err := t.s.cli.Get(rctx, p, clientv3.WithRange(end(p)), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1))
+	kv, err := t.getOne(t.s.k.configLatest(scope))
+	if err != nil || kv == nil {
+		return nil, err
+	}
+	v, err := parseCounter(kv)
 	if err != nil {
-		return nil, fmt.Errorf("reading config of %s: %w", scope, err)
+		return nil, err
 	}
-	t.guard(p, end(p), resp.Header.Revision)
-	if len(resp.Kvs) == 0 {
-		return nil, nil
-	}
-	return decode[store.ConfigVersion](resp.Kvs[0])
+	return txnGet[store.ConfigVersion](t, t.s.k.config(scope, v))
 }
 
 // PutConfig implements store.Store. The version counter is one key for
@@ -96,6 +95,7 @@ func (s *Store) PutConfig(ctx context.Context, scope string, floor uint64, fn fu
 			return err
 		}
 		t.put(s.k.meta("config_seq"), fmt.Sprint(next))
+		t.put(s.k.configLatest(scope), fmt.Sprint(next))
 		if audit != nil {
 			t.appendAudit(audit)
 		}
@@ -110,12 +110,23 @@ func (s *Store) Config(ctx context.Context, scope string, version uint64) (*stor
 	if version != 0 {
 		return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, version))
 	}
-	var out *store.ConfigVersion
-	err := s.ConfigHistory(ctx, scope, func(cv *store.ConfigVersion) bool { out = cv; return false })
-	if err == nil && out == nil {
-		err = store.ErrNotFound
+	if err := s.begin(ctx); err != nil {
+		return nil, err
 	}
-	return out, err
+	rctx, cancel := s.reqCtx(ctx)
+	resp, err := s.cli.Get(rctx, s.k.configLatest(scope))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("reading the latest config of %s: %w", scope, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, store.ErrNotFound
+	}
+	v, err := parseCounter(resp.Kvs[0])
+	if err != nil {
+		return nil, err
+	}
+	return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, v))
 }
 
 // ConfigHistory implements store.Store.

@@ -23,6 +23,7 @@ import (
 //	revocations/<serial>          Revocation
 //	groups/<name>                 Group
 //	configs/<scope>\x00<ver hex>  ConfigVersion
+//	configlatest/<scope>          newest version of scope (decimal)
 //	firmware/<group>\x00<digest>  FirmwareReference
 //	audit/<seq hex>               AuditRecord
 //	imports/<id>                  ImportBatch
@@ -71,6 +72,7 @@ func (k keys) devCert(id, serial string) string     { return k.devCerts(id) + se
 func (k keys) configScope(scope string) string      { return k.p + "configs/" + scope + "\x00" }
 func (k keys) config(scope string, v uint64) string { return k.configScope(scope) + hex16(v) }
 func (k keys) configs() string                      { return k.p + "configs/" }
+func (k keys) configLatest(scope string) string     { return k.p + "configlatest/" + scope }
 func (k keys) firmwareGroup(group string) string    { return k.p + "firmware/" + group + "\x00" }
 func (k keys) firmware(group, digest string) string { return k.firmwareGroup(group) + digest }
 func (k keys) firmwareAll() string                  { return k.p + "firmware/" }
