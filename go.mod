@@ -3,6 +3,7 @@ module github.com/edgeenroll/edgeenroll
 go 1.26.0
 
 require (
+	github.com/go-json-experiment/json v1.27.2
 	github.com/google/go-cmp v0.7.0
 	go.etcd.io/bbolt v1.5.0
 )

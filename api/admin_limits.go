@@ -53,8 +53,11 @@ const (
 	// MaxConfigBytes bounds a config bundle's JSON object (the same cap as
 	// pki.MaxBundleBytes, which signs it).
 	MaxConfigBytes = 256 << 10
-	// MaxConfigJSONDepth bounds nesting of a config object.
-	MaxConfigJSONDepth = 64
+	// MaxConfigJSONDepth bounds nesting of a config object, the object
+	// itself counting as 1. It is one less than pki.MaxJSONDepth, which
+	// caps the bundle payload that wraps the config: a config the admin
+	// API accepts must also be signable.
+	MaxConfigJSONDepth = 63
 
 	// DefaultMaxPending is the default cap on pending device records: a
 	// full pending list refuses new strangers with CodeBusy until an

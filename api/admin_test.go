@@ -68,15 +68,19 @@ func TestUnmarshalPreregisterRefusals(t *testing.T) {
 		body func(*testing.T) []byte
 		want string
 	}{
-		{"unknown field in a row", func(t *testing.T) []byte { return splice(t, valid(t), `"devices":[{`, `"owner":"x",`) }, `unknown field "owner"`},
+		{"unknown field in a row", func(t *testing.T) []byte { return splice(t, valid(t), `"devices":[{`, `"owner":"x",`) }, `unknown object member name "owner" within "/devices/0"`},
 		{"duplicate key in a row", func(t *testing.T) []byte {
+			return splice(t, valid(t), `"serial":"SN-0001",`, fmt.Sprintf(`"device_id":%q,`, deviceID(9)))
+		}, `duplicate object member name "device_id" within "/devices/1"`},
+		// Names match exactly: a name differing only in case is unknown.
+		{"key in a row differing only in case is unknown", func(t *testing.T) []byte {
 			return splice(t, valid(t), `"serial":"SN-0001",`, fmt.Sprintf(`"Device_ID":%q,`, deviceID(9)))
-		}, `duplicate key "devices[1].Device_ID"`},
-		{"duplicate devices", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"devices":[],`) }, `duplicate key "devices"`},
-		{"invalid UTF-8 in a serial", func(t *testing.T) []byte { return splice(t, valid(t), `"serial":"SN-0001`, "\xff") }, `"devices[1].serial" is not valid UTF-8`},
-		{"devices not a list", func(*testing.T) []byte { return []byte(`{"devices":{}}`) }, "cannot unmarshal object"},
+		}, `unknown object member name "Device_ID" within "/devices/1"`},
+		{"duplicate devices", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"devices":[],`) }, `duplicate object member name "devices"`},
+		{"invalid UTF-8 in a serial", func(t *testing.T) []byte { return splice(t, valid(t), `"serial":"SN-0001`, "\xff") }, `invalid UTF-8 within "/devices/1/serial"`},
+		{"devices not a list", func(*testing.T) []byte { return []byte(`{"devices":{}}`) }, `unmarshal JSON object into Go []api.Preregistration within "/devices"`},
 		{"null devices", func(*testing.T) []byte { return []byte(`{"devices":null}`) }, "got 0"},
-		{"trailing data", func(t *testing.T) []byte { return append(valid(t), "[]"...) }, "trailing data"},
+		{"trailing data", func(t *testing.T) []byte { return append(valid(t), "[]"...) }, "invalid character '[' after top-level value"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var got api.PreregisterRequest

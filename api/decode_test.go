@@ -98,6 +98,10 @@ func roundTrip[T any, PT interface {
 	}
 }
 
+// deepNesting is deeper than jsontext's own cap (10000) and than any
+// message nests.
+const deepNesting = 12000
+
 // nested returns depth nested JSON arrays around 1.
 func nested(depth int) string {
 	return strings.Repeat("[", depth) + "1" + strings.Repeat("]", depth)
@@ -114,44 +118,62 @@ func TestUnmarshalBeginRefusals(t *testing.T) {
 		body func(*testing.T) []byte
 		want string
 	}{
-		// Strict JSON.
-		{"unknown top-level field", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"extra":1,`) }, `unknown field "extra"`},
-		{"unknown field in ak", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{`, `"bogus":"AA==",`) }, `unknown field "bogus"`},
-		{"unknown field in device", func(t *testing.T) []byte { return splice(t, valid(t), `"device":{`, `"os":"linux",`) }, `unknown field "os"`},
-		{"duplicate top-level key", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"ek_public":"AQ==",`) }, `duplicate key "ek_public"`},
-		{"duplicate top-level key differing in case", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"EK_Public":"AQ==",`) }, `duplicate key "ek_public"`},
-		{"duplicate key spelled with an escape", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"ek\u005fpublic":"AQ==",`) }, `duplicate key "ek_public"`},
-		{"duplicate key nested in ak", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{`, `"public":"AQ==",`) }, `duplicate key "ak.public"`},
-		{"duplicate key nested in ak differing in case", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{`, `"PUBLIC":"AQ==",`) }, `duplicate key "ak.public"`},
-		{"duplicate ak object", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"ak":{},`) }, `duplicate key "ak"`},
-		{"duplicate key in device", func(t *testing.T) []byte { return splice(t, valid(t), `"device":{`, `"hostname":"a",`) }, `duplicate key "device.hostname"`},
-		{"trailing object", func(t *testing.T) []byte { return append(valid(t), `{}`...) }, "trailing data"},
-		{"trailing number", func(t *testing.T) []byte { return append(valid(t), ` 1`...) }, "trailing data"},
-		{"trailing garbage", func(t *testing.T) []byte { return append(valid(t), `x`...) }, "invalid character 'x'"},
-		{"trailing close brace", func(t *testing.T) []byte { return append(valid(t), `}`...) }, "invalid character '}'"},
-		{"nesting deeper than maxJSONDepth", func(t *testing.T) []byte {
-			return splice(t, valid(t), `{`, `"deep":`+nested(api.MaxJSONDepth)+`,`)
-		}, fmt.Sprintf(`"deep%s" nests deeper than %d`, strings.Repeat("[0]", api.MaxJSONDepth-1), api.MaxJSONDepth)},
-		{"nesting inside ak", func(t *testing.T) []byte {
-			return splice(t, valid(t), `"ak":{`, `"x":`+nested(api.MaxJSONDepth)+`,`)
-		}, "nests deeper than"},
-		{"deep top-level array", raw(nested(10 * api.MaxJSONDepth)), `"[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]" nests deeper than 16`},
-		{"not an object", raw(`[]`), "cannot unmarshal array"},
-		{"empty body", raw(``), "EOF"},
-		{"truncated", func(t *testing.T) []byte { b := valid(t); return b[:len(b)-1] }, "unexpected EOF"},
-		// encoding/json does not say which field held bad base64.
-		{"blob is not base64", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{"public":"`, `!`) }, "illegal base64 data"},
+		// Strict JSON. Errors name the member by its JSON pointer. The
+		// decoder says "cannot unmarshal" or "unable to unmarshal", picked
+		// at random per process so nobody depends on the wording; cases
+		// match from "unmarshal" on.
+		{"unknown top-level field", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"extra":1,`) }, `unknown object member name "extra"`},
+		{"unknown field in ak", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{`, `"bogus":"AA==",`) }, `unknown object member name "bogus" within "/ak"`},
+		{"unknown field in device", func(t *testing.T) []byte { return splice(t, valid(t), `"device":{`, `"os":"linux",`) }, `unknown object member name "os" within "/device"`},
+		{"duplicate top-level key", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"ek_public":"AQ==",`) }, `duplicate object member name "ek_public"`},
+		// Names match exactly: a name differing only in case matches no
+		// field, so it is an unknown member.
+		{"top-level key differing only in case is unknown", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"EK_Public":"AQ==",`) }, `unknown object member name "EK_Public"`},
+		{"duplicate key spelled with an escape", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"ek\u005fpublic":"AQ==",`) }, `duplicate object member name "ek_public"`},
+		{"duplicate key nested in ak", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{`, `"public":"AQ==",`) }, `duplicate object member name "public" within "/ak"`},
+		{"key in ak differing only in case is unknown", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{`, `"PUBLIC":"AQ==",`) }, `unknown object member name "PUBLIC" within "/ak"`},
+		{"duplicate ak object", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"ak":{},`) }, `duplicate object member name "ak"`},
+		{"duplicate key in device", func(t *testing.T) []byte { return splice(t, valid(t), `"device":{`, `"hostname":"a",`) }, `duplicate object member name "hostname" within "/device"`},
+		{"trailing object", func(t *testing.T) []byte { return append(valid(t), `{}`...) }, "invalid character '{' after top-level value"},
+		{"trailing number", func(t *testing.T) []byte { return append(valid(t), ` 1`...) }, "invalid character '1' after top-level value"},
+		{"trailing garbage", func(t *testing.T) []byte { return append(valid(t), `x`...) }, "invalid character 'x' after top-level value"},
+		{"trailing close brace", func(t *testing.T) []byte { return append(valid(t), `}`...) }, "invalid character '}' after top-level value"},
+		// No field of a begin request takes arbitrary nesting, so deep
+		// nesting is refused at its first bracket, before it is read.
+		{"deep nesting in an unknown member", func(t *testing.T) []byte {
+			return splice(t, valid(t), `{`, `"deep":`+nested(deepNesting)+`,`)
+		}, `unknown object member name "deep"`},
+		{"deep nesting in an unknown member of ak", func(t *testing.T) []byte {
+			return splice(t, valid(t), `"ak":{`, `"x":`+nested(deepNesting)+`,`)
+		}, `unknown object member name "x" within "/ak"`},
+		// A blob's value is read whole before its type is checked; the
+		// read stops at jsontext's cap (without recursion).
+		{"deep nesting in place of a blob", func(t *testing.T) []byte {
+			return replace(t, valid(t), `"ek_certificate":"`, `"ek_certificate":`+nested(deepNesting)+`,"x":"`)
+		}, `jsontext: exceeded max depth within "/ek_certificate/0/0/0`},
+		{"deep top-level array", raw(nested(deepNesting)), "unmarshal JSON array into Go api.BeginRequest"},
+		{"not an object", raw(`[]`), "unmarshal JSON array into Go api.BeginRequest"},
+		{"empty body", raw(``), "invalid JSON: jsontext: unexpected EOF"},
+		{"truncated", func(t *testing.T) []byte { b := valid(t); return b[:len(b)-1] }, "unexpected EOF after offset"},
+		{"blob is not base64", func(t *testing.T) []byte { return splice(t, valid(t), `"ak":{"public":"`, `!`) }, `unmarshal JSON string into Go []uint8 within "/ak/public": illegal base64 data`},
+		{"blob is a JSON array of bytes", func(t *testing.T) []byte {
+			return replace(t, valid(t), `"ek_certificate":"`, `"ek_certificate":[1,2],"x":"`)
+		}, `unmarshal JSON array into Go []uint8 within "/ek_certificate"`},
 		{"invalid UTF-8 in device.hostname", func(t *testing.T) []byte {
 			return splice(t, marshal(t, validBegin(), func(r *api.BeginRequest) { r.Device.Hostname = "ab" }), `"hostname":"a`, "\xff")
-		}, `"device.hostname" is not valid UTF-8`},
+		}, `invalid UTF-8 within "/device/hostname"`},
 		{"invalid UTF-8 in device.agent_version", func(t *testing.T) []byte {
 			return splice(t, valid(t), `"agent_version":"`, "\xc3\x28")
-		}, `"device.agent_version" is not valid UTF-8`},
-		{"invalid UTF-8 in a key", func(t *testing.T) []byte { return splice(t, valid(t), `"device":{`, "\"\xfe\":1,") }, `a key in "device" is not valid UTF-8`},
-		{"invalid UTF-8 in a top-level key", func(t *testing.T) []byte { return splice(t, valid(t), `{`, "\"\xfe\":1,") }, "a key in the top-level object is not valid UTF-8"},
+		}, `invalid UTF-8 within "/device/agent_version"`},
+		{"invalid UTF-8 in a key", func(t *testing.T) []byte { return splice(t, valid(t), `"device":{`, "\"\xfe\":1,") }, `invalid UTF-8 within "/device"`},
+		{"invalid UTF-8 in a top-level key", func(t *testing.T) []byte { return splice(t, valid(t), `{`, "\"\xfe\":1,") }, "invalid JSON: jsontext: invalid UTF-8 after offset 2"},
 		{"UTF-16 surrogate encoded in UTF-8", func(t *testing.T) []byte {
 			return splice(t, marshal(t, validBegin(), func(r *api.BeginRequest) { r.Device.Hostname = "ab" }), `"hostname":"a`, "\xed\xa0\x80")
-		}, `"device.hostname" is not valid UTF-8`},
+		}, `invalid UTF-8 within "/device/hostname"`},
+		// encoding/json (v1) turned a lone escaped surrogate into U+FFFD.
+		{"lone surrogate escape in device.hostname", func(t *testing.T) []byte {
+			return splice(t, marshal(t, validBegin(), func(r *api.BeginRequest) { r.Device.Hostname = "ab" }), `"hostname":"a`, `\ud800`)
+		}, `invalid surrogate pair`},
 
 		// Required fields.
 		{"empty object", raw(`{}`), "ek_public is required"},
@@ -208,20 +230,21 @@ func TestUnmarshalFinishRefusals(t *testing.T) {
 		want string
 	}{
 		// Strict JSON.
-		{"unknown top-level field", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"nonce":"AA==",`) }, `unknown field "nonce"`},
-		{"unknown field in pcrs[0]", func(t *testing.T) []byte { return splice(t, valid(t), `"pcrs":[{`, `"bank":"sha1",`) }, `unknown field "bank"`},
+		{"unknown top-level field", func(t *testing.T) []byte { return splice(t, valid(t), `{`, `"nonce":"AA==",`) }, `unknown object member name "nonce"`},
+		{"unknown field in pcrs[0]", func(t *testing.T) []byte { return splice(t, valid(t), `"pcrs":[{`, `"bank":"sha1",`) }, `unknown object member name "bank" within "/pcrs/0"`},
 		{"duplicate session_id", func(t *testing.T) []byte {
 			return splice(t, valid(t), `{`, `"session_id":"ffffffffffffffffffffffffffffffff",`)
-		}, `duplicate key "session_id"`},
-		{"duplicate key in quote", func(t *testing.T) []byte { return splice(t, valid(t), `"quote":{`, `"signature":"AQ==",`) }, `duplicate key "quote.signature"`},
-		{"duplicate key in pcrs[1]", func(t *testing.T) []byte { return splice(t, valid(t), `{"index":7,`, `"Index":6,`) }, `duplicate key "pcrs[1].Index"`},
-		{"trailing data", func(t *testing.T) []byte { return append(valid(t), "\n{}\n"...) }, "trailing data"},
+		}, `duplicate object member name "session_id"`},
+		{"duplicate key in quote", func(t *testing.T) []byte { return splice(t, valid(t), `"quote":{`, `"signature":"AQ==",`) }, `duplicate object member name "signature" within "/quote"`},
+		{"duplicate key in pcrs[1]", func(t *testing.T) []byte { return splice(t, valid(t), `{"index":7,`, `"index":6,`) }, `duplicate object member name "index" within "/pcrs/1"`},
+		{"key in pcrs[1] differing only in case is unknown", func(t *testing.T) []byte { return splice(t, valid(t), `{"index":7,`, `"Index":6,`) }, `unknown object member name "Index" within "/pcrs/1"`},
+		{"trailing data", func(t *testing.T) []byte { return append(valid(t), "\n{}\n"...) }, "invalid character '{' after top-level value"},
 		{"nesting in pcrs", func(t *testing.T) []byte {
-			return splice(t, valid(t), `"pcrs":[`, nested(api.MaxJSONDepth)+`,`)
-		}, `"pcrs[0]`},
+			return splice(t, valid(t), `"pcrs":[`, nested(deepNesting)+`,`)
+		}, `unmarshal JSON array into Go api.PCR within "/pcrs/0"`},
 		{"invalid UTF-8 in session_id", func(t *testing.T) []byte {
 			return splice(t, valid(t), `"session_id":"`, "\xff")
-		}, `"session_id" is not valid UTF-8`},
+		}, `invalid UTF-8 within "/session_id"`},
 
 		// Session ID.
 		{"empty session_id", with(func(r *api.FinishRequest) { r.SessionID = "" }), "session_id must be 32 hex characters, got 0"},
@@ -257,7 +280,7 @@ func TestUnmarshalFinishRefusals(t *testing.T) {
 		{"negative pcr index", with(func(r *api.FinishRequest) { r.PCRs[1].Index = -1 }), "pcrs[1].index -1 is out of range 0..23"},
 		{"pcr index MaxPCRs", with(func(r *api.FinishRequest) { r.PCRs[2].Index = api.MaxPCRs }), "pcrs[2].index 24 is out of range 0..23"},
 		{"huge pcr index", with(func(r *api.FinishRequest) { r.PCRs[0].Index = 1 << 40 }), "pcrs[0].index 1099511627776 is out of range"},
-		{"fractional pcr index", func(t *testing.T) []byte { return splice(t, valid(t), `{"index":7`, `.5`) }, "pcrs.index"},
+		{"fractional pcr index", func(t *testing.T) []byte { return splice(t, valid(t), `{"index":7`, `.5`) }, `unmarshal JSON number 7.5 into Go int within "/pcrs/1/index"`},
 		{"duplicated pcr index", with(func(r *api.FinishRequest) { r.PCRs[2].Index = 0 }), "pcrs[2]: PCR 0 listed twice"},
 		{"short pcr digest (SHA-1)", with(func(r *api.FinishRequest) { r.PCRs[1].Digest = blobOf(20, 0) }), "pcrs[1].digest must be a 32-byte SHA-256 value, got 20 bytes"},
 		{"long pcr digest (SHA-384)", with(func(r *api.FinishRequest) { r.PCRs[0].Digest = blobOf(48, 0) }), "pcrs[0].digest must be a 32-byte SHA-256 value, got 48 bytes"},
@@ -340,4 +363,42 @@ func (failingValidator) Validate() error { return errors.New("a must be positive
 func TestUnmarshalWrapsPlainValidateErrors(t *testing.T) {
 	var v failingValidator
 	wantBadRequest(t, api.Unmarshal([]byte(`{"a":0}`), &v), "a must be positive")
+}
+
+// The decoder's error quotes member names the client chose; the message
+// stays bounded however long they are.
+func TestUnmarshalBoundsErrorText(t *testing.T) {
+	name := strings.Repeat("x", 10000)
+	var got api.BeginRequest
+	err := api.Unmarshal([]byte(`{"`+name+`":1}`), &got)
+	wantBadRequest(t, err, `unknown object member name "xxxxxxxx`)
+	var ae *api.Error
+	if errors.As(err, &ae) && len(ae.Message) > 300 {
+		t.Errorf("message is %d bytes, want it bounded: %.80q…", len(ae.Message), ae.Message)
+	}
+}
+
+// BenchmarkUnmarshal decodes and validates the typical begin and finish
+// requests, as the server does for every enrollment.
+func BenchmarkUnmarshal(b *testing.B) {
+	b.Run("begin", func(b *testing.B) {
+		body := marshal(b, validBegin(), nil)
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := api.Unmarshal(body, new(api.BeginRequest)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("finish", func(b *testing.B) {
+		body := marshal(b, validFinish(), nil)
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := api.Unmarshal(body, new(api.FinishRequest)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -7,6 +7,9 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Device statuses as the admin API reports them.
@@ -340,7 +343,9 @@ type ConfigHistory struct {
 }
 
 // ValidateConfigObject checks b is one JSON object of at most
-// MaxConfigBytes and MaxConfigJSONDepth.
+// MaxConfigBytes and MaxConfigJSONDepth, with no duplicate member names
+// and no invalid UTF-8 at any depth. Names are compared exactly: "port"
+// and "Port" are two members, as in any map.
 func ValidateConfigObject(b json.RawMessage) error {
 	if len(b) == 0 {
 		return Errorf(CodeBadRequest, "config is required: a JSON object")
@@ -348,18 +353,43 @@ func ValidateConfigObject(b json.RawMessage) error {
 	if len(b) > MaxConfigBytes {
 		return Errorf(CodeBadRequest, "config is %d bytes, limit is %d", len(b), MaxConfigBytes)
 	}
-	if err := checkDuplicateKeys(b); err != nil {
-		return Errorf(CodeBadRequest, "config: %v", err)
+	// Bound the depth before anything recursive (the map decode below,
+	// the server's template rendering) reads the config.
+	if err := checkConfigDepth(b); err != nil {
+		return err
 	}
 	t := bytes.TrimSpace(b)
 	if len(t) == 0 || t[0] != '{' {
 		return Errorf(CodeBadRequest, "config must be a JSON object")
 	}
+	// v2's defaults refuse duplicate names, invalid UTF-8 and trailing
+	// data.
 	var v map[string]any
-	if err := json.Unmarshal(t, &v); err != nil {
-		return Errorf(CodeBadRequest, "config is not a JSON object: %v", err)
+	if err := jsonv2.Unmarshal(t, &v); err != nil {
+		return Errorf(CodeBadRequest, "config is not a JSON object: %.*s", maxJSONErrorLen, err)
 	}
 	return nil
+}
+
+// checkConfigDepth refuses a config nesting deeper than
+// MaxConfigJSONDepth; jsontext reads tokens without recursion, so a deep
+// input cannot exhaust the stack here. It reads only until the first value
+// closes and leaves every other fault to the decode that follows, which
+// meets the same fault at the same place, so it never recurses deeper than
+// this walk went.
+func checkConfigDepth(b []byte) error {
+	dec := jsontext.NewDecoder(bytes.NewReader(b))
+	for {
+		if _, err := dec.ReadToken(); err != nil {
+			return nil
+		}
+		switch d := dec.StackDepth(); {
+		case d > MaxConfigJSONDepth:
+			return Errorf(CodeBadRequest, "config nests deeper than %d levels at %.128q", MaxConfigJSONDepth, dec.StackPointer())
+		case d == 0:
+			return nil
+		}
+	}
 }
 
 // OperatorIssueRequest asks for an operator credential (admin only). The

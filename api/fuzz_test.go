@@ -15,8 +15,10 @@ import (
 
 // The fuzz targets check the invariant "parse then validate never
 // disagree": Unmarshal never panics, refuses only with a CodeBadRequest
-// *api.Error, and whatever it accepts passes Validate and survives
-// json.Marshal + Unmarshal unchanged. More seeds live in
+// *api.Error, and whatever it accepts passes Validate, survives
+// json.Marshal + Unmarshal unchanged, and is read the same by the lenient
+// encoding/json (v1) decoder that clients use: strictness only refuses,
+// it never changes what an accepted message means. More seeds live in
 // testdata/fuzz/<FuzzName>/.
 
 func FuzzUnmarshalBegin(f *testing.F) {
@@ -56,6 +58,13 @@ func checkUnmarshal[T any, PT interface {
 	if err := got.Validate(); err != nil {
 		t.Fatalf("Unmarshal accepted %q but Validate refuses the result: %v", body, err)
 	}
+	lenient := PT(new(T))
+	if err := json.Unmarshal(body, lenient); err != nil {
+		t.Fatalf("Unmarshal accepted %q but encoding/json refuses it: %v", body, err)
+	}
+	if diff := cmp.Diff(got, lenient); diff != "" {
+		t.Fatalf("Unmarshal and encoding/json read %q differently (-strict, +lenient):\n%s", body, diff)
+	}
 	again, err := json.Marshal(got)
 	if err != nil {
 		t.Fatalf("json.Marshal of an accepted message: %v", err)
@@ -85,6 +94,8 @@ func beginSeeds(t testing.TB) [][]byte {
 		[]byte("{\"ek_public\":\"AQ==\",\"ak\":{\"public\":\"Ag==\",\"create_data\":\"Aw==\",\"create_attestation\":\"BA==\",\"create_signature\":\"BQ==\"},\"device\":{\"hostname\":\"\xff\"}}"),
 		append(valid, "{}"...),
 		[]byte(strings.Repeat("[", 20) + strings.Repeat("]", 20)),
+		[]byte(`{"ek_public":` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + `}`),
+		[]byte(`{"` + strings.Repeat("x", 1000) + `":1}`),
 		[]byte(`{}`),
 		[]byte(`null`),
 		[]byte(``),

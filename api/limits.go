@@ -53,4 +53,8 @@ const (
 	// DefaultSessionTTL is how long a begun enrollment session can be
 	// finished.
 	DefaultSessionTTL = 2 * time.Minute
+
+	// maxJSONErrorLen bounds, in characters, a JSON decoder error quoted
+	// in a bad_request message: it echoes member names the client chose.
+	maxJSONErrorLen = 256
 )
