@@ -30,7 +30,7 @@ func (s *Bolt) UpdateFirmware(ctx context.Context, group string, plan func(curre
 		c := b.Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			r := new(FirmwareReference)
-			if err := json.Unmarshal(v, r); err != nil {
+			if err := DecodeRecord(v, r); err != nil {
 				return fmt.Errorf("decoding firmware reference %q: %w", k, err)
 			}
 			current = append(current, r)
@@ -90,7 +90,7 @@ func (s *Bolt) FirmwareReferences(ctx context.Context, group string, after Firmw
 				return err
 			}
 			r := new(FirmwareReference)
-			if err := json.Unmarshal(v, r); err != nil {
+			if err := DecodeRecord(v, r); err != nil {
 				return fmt.Errorf("decoding firmware reference %q: %w", k, err)
 			}
 			if !fn(r) {

@@ -25,14 +25,19 @@ func putDevice(tx *bolt.Tx, prev, next *Device) error {
 	if err != nil {
 		return fmt.Errorf("encoding device %s: %w", next.ID, err)
 	}
-	idx := tx.Bucket(bucketStatusIndex)
-	if prev != nil && prev.Status != next.Status {
-		if err := idx.Delete(statusKey(prev.Status, prev.ID)); err != nil {
+	// The status index changes only with the status: rewriting an
+	// unchanged key would still copy its page into the commit (every
+	// renewal).
+	if prev == nil || prev.Status != next.Status {
+		idx := tx.Bucket(bucketStatusIndex)
+		if prev != nil {
+			if err := idx.Delete(statusKey(prev.Status, prev.ID)); err != nil {
+				return err
+			}
+		}
+		if err := idx.Put(statusKey(next.Status, next.ID), nil); err != nil {
 			return err
 		}
-	}
-	if err := idx.Put(statusKey(next.Status, next.ID), nil); err != nil {
-		return err
 	}
 	return tx.Bucket(bucketDevices).Put([]byte(next.ID), v)
 }
@@ -108,7 +113,7 @@ func u64key(n uint64) []byte {
 func migrateV1(tx *bolt.Tx) error {
 	if err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
 		var d Device
-		if err := json.Unmarshal(v, &d); err != nil {
+		if err := DecodeRecord(v, &d); err != nil {
 			return fmt.Errorf("decoding device %s: %w", k, err)
 		}
 		return tx.Bucket(bucketStatusIndex).Put(statusKey(d.Status, d.ID), nil)
@@ -117,7 +122,7 @@ func migrateV1(tx *bolt.Tx) error {
 	}
 	if err := tx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
 		var c IssuedCertificate
-		if err := json.Unmarshal(v, &c); err != nil {
+		if err := DecodeRecord(v, &c); err != nil {
 			return fmt.Errorf("decoding certificate %s: %w", k, err)
 		}
 		return tx.Bucket(bucketDeviceCerts).Put(deviceCertKey(c.DeviceID, c.Serial), nil)
@@ -126,7 +131,7 @@ func migrateV1(tx *bolt.Tx) error {
 	}
 	return tx.Bucket(bucketPrereg).ForEach(func(k, v []byte) error {
 		var p Preregistration
-		if err := json.Unmarshal(v, &p); err != nil {
+		if err := DecodeRecord(v, &p); err != nil {
 			return fmt.Errorf("decoding pre-registration %s: %w", k, err)
 		}
 		if p.Serial == "" {
@@ -157,7 +162,7 @@ func (s *Bolt) AuditLog(ctx context.Context, after uint64, fn func(*AuditRecord)
 				return err
 			}
 			var r AuditRecord
-			if err := json.Unmarshal(v, &r); err != nil {
+			if err := DecodeRecord(v, &r); err != nil {
 				return fmt.Errorf("decoding audit record %d: %w", binary.BigEndian.Uint64(k), err)
 			}
 			if !fn(&r) {
@@ -174,7 +179,7 @@ func getJSON[T any](b *bolt.Bucket, key []byte) (*T, error) {
 		return nil, nil
 	}
 	v := new(T)
-	if err := json.Unmarshal(raw, v); err != nil {
+	if err := DecodeRecord(raw, v); err != nil {
 		return nil, fmt.Errorf("decoding %s: %w", key, err)
 	}
 	return v, nil
@@ -674,7 +679,7 @@ func (s *Bolt) CommitImport(ctx context.Context, id string, now time.Time, plan 
 		rows := make([]*StagedRow, 0, b.Staged)
 		if err := ib.Bucket(bucketRowsIn).ForEach(func(k, v []byte) error {
 			r := new(StagedRow)
-			if err := json.Unmarshal(v, r); err != nil {
+			if err := DecodeRecord(v, r); err != nil {
 				return fmt.Errorf("decoding staged line %d: %w", binary.BigEndian.Uint64(k), err)
 			}
 			rows = append(rows, r)
@@ -803,7 +808,7 @@ func latestConfig(tx *bolt.Tx, scope string) (*ConfigVersion, error) {
 		return nil, nil
 	}
 	cv := new(ConfigVersion)
-	if err := json.Unmarshal(v, cv); err != nil {
+	if err := DecodeRecord(v, cv); err != nil {
 		return nil, fmt.Errorf("decoding config %s: %w", scope, err)
 	}
 	return cv, nil
@@ -884,7 +889,7 @@ func (s *Bolt) ConfigHistory(ctx context.Context, scope string, fn func(*ConfigV
 				return err
 			}
 			cv := new(ConfigVersion)
-			if err := json.Unmarshal(v, cv); err != nil {
+			if err := DecodeRecord(v, cv); err != nil {
 				return fmt.Errorf("decoding config %s: %w", scope, err)
 			}
 			if !fn(cv) {

@@ -234,7 +234,7 @@ func getJSON[T any](ctx context.Context, s *Store, key string) (*T, error) {
 
 func decode[T any](kv *mvccpb.KeyValue) (*T, error) {
 	v := new(T)
-	if err := json.Unmarshal(kv.Value, v); err != nil {
+	if err := store.DecodeRecord(kv.Value, v); err != nil {
 		return nil, fmt.Errorf("decoding %q: %w", kv.Key, err)
 	}
 	return v, nil

@@ -2,7 +2,6 @@ package etcdstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -193,7 +192,7 @@ func (s *Store) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, e
 			var rec struct {
 				ExpiresAt time.Time `json:"expires_at"`
 			}
-			if err := json.Unmarshal(kv.Value, &rec); err != nil || !now.Before(rec.ExpiresAt) {
+			if err := store.DecodeRecord(kv.Value, &rec); err != nil || !now.Before(rec.ExpiresAt) {
 				batch = append(batch, kv)
 			}
 			if len(batch) == purgeSessionsPerTxn {
