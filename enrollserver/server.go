@@ -22,6 +22,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/attest"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/sealing"
@@ -471,6 +472,9 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 	}
 
 	// 6. Record the enrollment and consume the session in one transaction.
+	// What is left is waiting for the group commit's fsyncs, not CPU work:
+	// give the admission slot back.
+	admission.Yield(ctx)
 	serial := issued.Leaf.SerialNumber.Text(16)
 	dev, err := s.cfg.Store.FinishEnrollment(ctx, sess.ID, now, &store.IssuedCertificate{
 		Serial: serial, DeviceID: sess.DeviceID, SessionID: sess.ID,

@@ -332,6 +332,27 @@ func (p *Permit) Release() {
 	c.handOff()
 }
 
+// permitKey is the context key of the Permit a request holds (WithPermit).
+type permitKey struct{}
+
+// WithPermit returns ctx carrying p, so that the code serving the request
+// can Yield it.
+func WithPermit(ctx context.Context, p *Permit) context.Context {
+	return context.WithValue(ctx, permitKey{}, p)
+}
+
+// Yield releases the Permit ctx carries (WithPermit), if any, before the
+// request waits on something that is not CPU work: a finished enrollment
+// waiting for the group commit that makes it durable. Slots bound the CPU
+// work in flight; a request waiting on the disk would otherwise hold one
+// idle, and the commit would gather fewer enrollments to share its
+// fsyncs. The holder's own Release then does nothing.
+func Yield(ctx context.Context) {
+	if p, _ := ctx.Value(permitKey{}).(*Permit); p != nil {
+		p.Release()
+	}
+}
+
 // Ticket is a request that was not refused at once: admitted, or queued.
 type Ticket struct {
 	c *Controller

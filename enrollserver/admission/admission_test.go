@@ -598,3 +598,35 @@ func TestTicketCancel(t *testing.T) {
 		t.Fatalf("after cancelling the granted ticket: %+v", st)
 	}
 }
+
+// TestYield: a request that yields its permit (waiting on the disk, not
+// the CPU) frees its slot for the next one at once; its own Release then
+// does nothing, and a context without a permit yields nothing.
+func TestYield(t *testing.T) {
+	c := newController(t, admission.Options{Slots: 1, MaxQueue: 4})
+	req := func(k string) admission.Request {
+		return admission.Request{Class: admission.ClassEnroll, KeyKind: admission.KeyDevice, Key: k}
+	}
+	first := mustAcquire(t, c, req("a"))
+	ctx := admission.WithPermit(context.Background(), first)
+	waiting := mustEnter(t, c, req("b"))
+	if st := c.Stats(); st.InFlight != 1 || st.Queued != 1 {
+		t.Fatalf("before yielding: %+v, want 1 in flight and 1 queued", st)
+	}
+	admission.Yield(ctx)
+	wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	second, err := waiting.Wait(wctx)
+	if err != nil {
+		t.Fatalf("the queued request did not get the yielded slot: %v", err)
+	}
+	first.Release() // the holder's deferred Release: a no-op now
+	if st := c.Stats(); st.InFlight != 1 || st.Queued != 0 {
+		t.Fatalf("after the yielded permit's Release: %+v, want only the second in flight", st)
+	}
+	admission.Yield(context.Background()) // no permit: nothing happens
+	second.Release()
+	if st := c.Stats(); st.InFlight != 0 {
+		t.Fatalf("after all released: %+v", st)
+	}
+}

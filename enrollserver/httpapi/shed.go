@@ -88,6 +88,6 @@ func (s *shedder) wrap(next http.HandlerFunc, continues bool) http.HandlerFunc {
 			return
 		}
 		defer p.Release()
-		next(w, r)
+		next(w, r.WithContext(admission.WithPermit(r.Context(), p)))
 	}
 }

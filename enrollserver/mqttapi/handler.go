@@ -138,7 +138,7 @@ func (h *handler) dispatch(topic string, payload []byte) {
 			return
 		}
 		defer p.Release()
-		h.handle(client, payload)
+		h.handle(client, payload, p)
 	}()
 }
 
@@ -178,9 +178,10 @@ func envelopeOp(payload []byte) string {
 	return op
 }
 
-func (h *handler) handle(client string, payload []byte) {
+func (h *handler) handle(client string, payload []byte, p *admission.Permit) {
 	ctx, cancel := context.WithTimeout(h.ctx, requestTimeout)
 	defer cancel()
+	ctx = admission.WithPermit(ctx, p)
 	var req api.MQTTRequest
 	if err := api.Unmarshal(payload, &req); err != nil {
 		h.reply(client, envelopeError(payload, asAPIError(err, "")))
