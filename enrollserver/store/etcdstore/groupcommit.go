@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -39,8 +40,10 @@ import (
 //     conflict (their callers re-run), the others are re-queued.
 //
 // A batch is sent with its own request timeout, not a caller's context:
-// a caller that gives up still finds its write committed or not, as with
-// any etcd request in flight.
+// a caller that gives up once its commit is sent still finds its write
+// committed or not, as with any etcd request in flight. A caller whose
+// context ends while its commit is still queued takes it out of the
+// queue and returns the context's error, nothing written.
 
 // pendingCommit is one transaction waiting in the queue.
 type pendingCommit struct {
@@ -151,6 +154,18 @@ func inRanges(ranges []readRange, k string) bool {
 		if k >= r.start && k < r.end {
 			return true
 		}
+	}
+	return false
+}
+
+// unqueue takes p out of the queue if no sender has taken it yet, and
+// reports whether it did.
+func (s *Store) unqueue(p *pendingCommit) bool {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	if i := slices.Index(s.gcQueue, p); i >= 0 {
+		s.gcQueue = slices.Delete(s.gcQueue, i, i+1)
+		return true
 	}
 	return false
 }

@@ -335,11 +335,22 @@ func (t *txn) commit() (bool, error) {
 	if len(t.extra) > 0 {
 		// A bulk write's fenced commit is sent alone.
 		t.s.sendBatch(t.ctx, []*pendingCommit{p})
-	} else {
-		t.s.submit(p)
+		r := <-p.done
+		return r.ok, r.err
 	}
-	r := <-p.done
-	return r.ok, r.err
+	t.s.submit(p)
+	select {
+	case r := <-p.done:
+		return r.ok, r.err
+	case <-t.ctx.Done():
+		if t.s.unqueue(p) {
+			return false, t.ctx.Err() // never sent: nothing written
+		}
+		// Already sent: its outcome is settled within the request
+		// timeout, and the caller must learn it.
+		r := <-p.done
+		return r.ok, r.err
+	}
 }
 
 func (s *Store) seqHint() counterHint {
