@@ -145,8 +145,8 @@ func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 // (which must not be empty; "/" is appended if missing). Close leaves cli
 // open: the caller owns it.
 func OpenClient(ctx context.Context, cli *clientv3.Client, prefix string, opts *Options) (*Store, error) {
-	if prefix == "" {
-		return nil, fmt.Errorf("etcd store: empty key prefix: %w", ErrInvalidURL)
+	if err := checkPrefix(prefix); err != nil {
+		return nil, fmt.Errorf("etcd store: %v: %w", err, ErrInvalidURL)
 	}
 	if prefix[len(prefix)-1] != '/' {
 		prefix += "/"

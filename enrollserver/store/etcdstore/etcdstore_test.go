@@ -444,6 +444,23 @@ func TestOpenURL(t *testing.T) {
 	})
 }
 
+// TestOpenClientPrefix: OpenClient refuses the keyspace's root and the
+// prefixes Open's URL check refuses, before it writes anything.
+func TestOpenClientPrefix(t *testing.T) {
+	cli := cluster.Client(t, 0)
+	for _, p := range []string{"", "/", "//", "a//b", "a/../b", "./a", "a/\x01"} {
+		s, err := etcdstore.OpenClient(t.Context(), cli, p, nil)
+		if err == nil {
+			s.Close()
+			t.Errorf("OpenClient(%q) opened", p)
+			continue
+		}
+		if !errors.Is(err, etcdstore.ErrInvalidURL) || !strings.Contains(err.Error(), "prefix") {
+			t.Errorf("OpenClient(%q): %v, want ErrInvalidURL naming the prefix", p, err)
+		}
+	}
+}
+
 // BenchmarkFinishEnrollment: a session created and finished per op, by
 // 8 goroutines per GOMAXPROCS (a device
 // each), on the shared 3-member cluster (fsyncing, in this process)

@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -56,17 +57,28 @@ func parseURL(raw string) (*storeURL, error) {
 		u.endpoints = append(u.endpoints, h)
 	}
 	path = strings.Trim(path, "/")
-	if path == "" {
-		return nil, bad("no key prefix (the store never writes at the root of the keyspace)")
-	}
-	for _, seg := range strings.Split(path, "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return nil, bad("key prefix %q has an empty, . or .. segment", path)
-		}
-	}
-	if strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return nil, bad("key prefix %q holds a control character", path)
+	if err := checkPrefix(path); err != nil {
+		return nil, bad("%v", err)
 	}
 	u.prefix = path + "/"
 	return &u, nil
+}
+
+// checkPrefix refuses a key prefix that is the root of the keyspace or
+// has an empty, . or .. segment or a control character; slashes around it
+// do not count as segments.
+func checkPrefix(prefix string) error {
+	path := strings.Trim(prefix, "/")
+	if path == "" {
+		return errors.New("no key prefix (the store never writes at the root of the keyspace)")
+	}
+	for _, seg := range strings.Split(path, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("key prefix %q has an empty, . or .. segment", prefix)
+		}
+	}
+	if strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("key prefix %q holds a control character", prefix)
+	}
+	return nil
 }
