@@ -135,6 +135,9 @@ type serialConflict struct {
 // belongs to another TPM (in the store or earlier in the batch). A device's
 // serial is pinned to its EK: another TPM never takes it over.
 func mergeRows(rows []*store.StagedRow, r store.PreregReader, now time.Time) (*mergeResult, error) {
+	if err := r.Prefetch(rows); err != nil {
+		return nil, err
+	}
 	res := &mergeResult{}
 	byDevice := make(map[string]int, len(rows))
 	bySerial := make(map[string]int, len(rows))

@@ -478,6 +478,9 @@ func (r preregReader) Group(name string) (*Group, error) {
 	return getJSON[Group](r.tx.Bucket(bucketGroups), []byte(name))
 }
 
+// Prefetch implements PreregReader: the transaction reads from memory.
+func (preregReader) Prefetch([]*StagedRow) error { return nil }
+
 func applyPreregPlan(tx *bolt.Tx, plan *PreregPlan) error {
 	if plan == nil {
 		return nil

@@ -135,6 +135,11 @@ type PreregReader interface {
 	SerialOwner(serial string) (string, error)
 	// Group returns a group record or nil.
 	Group(name string) (*Group, error)
+	// Prefetch reads at once what Preregistration, SerialOwner and Group
+	// will be asked for rows (their device IDs, serials and groups): a
+	// store across the network answers a batch of thousands in a few
+	// round trips instead of one each. A local store does nothing.
+	Prefetch(rows []*StagedRow) error
 }
 
 // PreregPlan is what MergePreregistrations and CommitImport write.

@@ -136,6 +136,24 @@ func (r *preregReader) Group(name string) (*store.Group, error) {
 	return readerJSON[store.Group](r, r.s.k.group(name))
 }
 
+// Prefetch implements store.PreregReader: the rows' pre-registrations,
+// serials and groups, in parallel batches of reads.
+func (r *preregReader) Prefetch(rows []*store.StagedRow) error {
+	keys := make([]string, 0, 2*len(rows))
+	groups := map[string]bool{}
+	for _, row := range rows {
+		keys = append(keys, r.s.k.prereg(row.DeviceID))
+		if row.Serial != "" {
+			keys = append(keys, r.s.k.serial(row.Serial))
+		}
+		if row.Group != "" && !groups[row.Group] {
+			groups[row.Group] = true
+			keys = append(keys, r.s.k.group(row.Group))
+		}
+	}
+	return r.prefetch(keys)
+}
+
 // opList is writes with one op per key (the last wins), in first-write
 // order: etcd refuses a transaction naming a key twice.
 type opList struct {
@@ -455,14 +473,7 @@ func (s *Store) CommitImport(ctx context.Context, id string, now time.Time, plan
 		}); err != nil {
 			return err
 		}
-		var keys []string
-		for _, r := range rows {
-			keys = append(keys, s.k.prereg(r.DeviceID))
-			if r.Serial != "" {
-				keys = append(keys, s.k.serial(r.Serial))
-			}
-		}
-		if err := rd.prefetch(keys); err != nil {
+		if err := rd.Prefetch(rows); err != nil {
 			return err
 		}
 		pl, err := plan(b, rows, rd)

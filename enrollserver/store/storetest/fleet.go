@@ -319,6 +319,32 @@ func testMergePrereg(t *testing.T, s store.Store) {
 	if owner != "a" {
 		t.Errorf("SN1 owner = %q, want a", owner)
 	}
+	// Prefetched reads answer as unprefetched ones, for stored and
+	// absent records alike.
+	if err := s.MergePreregistrations(ctx, func(r store.PreregReader) (*store.PreregPlan, error) {
+		rows := []*store.StagedRow{{Line: 1, DeviceID: "a", Serial: "SN1", Group: "line-a"}, {Line: 2, DeviceID: "zz", Serial: "SN-none"}}
+		if err := r.Prefetch(rows); err != nil {
+			return nil, err
+		}
+		if p, err := r.Preregistration("a"); err != nil || p == nil || p.Serial != "SN1" {
+			t.Errorf("prefetched Preregistration(a) = %+v, %v", p, err)
+		}
+		if p, err := r.Preregistration("zz"); err != nil || p != nil {
+			t.Errorf("prefetched Preregistration(zz) = %+v, %v; want nil", p, err)
+		}
+		if o, err := r.SerialOwner("SN1"); err != nil || o != "a" {
+			t.Errorf("prefetched SerialOwner(SN1) = %q, %v", o, err)
+		}
+		if o, err := r.SerialOwner("SN-none"); err != nil || o != "" {
+			t.Errorf("prefetched SerialOwner(SN-none) = %q, %v; want none", o, err)
+		}
+		if g, err := r.Group("line-a"); err != nil || g != nil {
+			t.Errorf("prefetched Group(line-a) = %+v, %v; want none", g, err)
+		}
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// Another device taking a serial is refused, and nothing of the batch
 	// is written.
 	if err := put(&store.Preregistration{DeviceID: "c", Serial: "SN3"}, &store.Preregistration{DeviceID: "d", Serial: "SN1"}); !errors.Is(err, store.ErrExists) {
