@@ -139,7 +139,7 @@ func (s *Store) recoverIfNeeded(ctx context.Context) error {
 func (b *bulk) recover(ctx context.Context) error {
 	s := b.s
 	var states []*mvccpb.KeyValue
-	if err := s.scan(ctx, s.k.journals(), end(s.k.journals()), false, false, func(kv *mvccpb.KeyValue) (bool, error) {
+	if err := s.scan(ctx, s.k.journals(), end(s.k.journals()), func(kv *mvccpb.KeyValue) (bool, error) {
 		states = append(states, kv)
 		return true, nil
 	}); err != nil {
@@ -325,7 +325,7 @@ func (b *bulk) owner(ctx context.Context) bool {
 func (b *bulk) rollForward(ctx context.Context, jid string) error {
 	s := b.s
 	p := s.k.journalChunks(jid)
-	err := s.scan(ctx, p, end(p), false, false, func(kv *mvccpb.KeyValue) (bool, error) {
+	err := s.scan(ctx, p, end(p), func(kv *mvccpb.KeyValue) (bool, error) {
 		var ops []bulkOp
 		if err := json.Unmarshal(kv.Value, &ops); err != nil {
 			return false, fmt.Errorf("decoding journal chunk %s: %w", s.k.rel(string(kv.Key)), err)

@@ -46,7 +46,7 @@ func (s *Store) DevicesAfter(ctx context.Context, after string, fn func(*store.D
 	if after != "" {
 		start = s.k.device(after) + "\x00"
 	}
-	return scanJSON(ctx, s, start, end(s.k.devices()), false, fn)
+	return scanJSON(ctx, s, start, end(s.k.devices()), fn)
 }
 
 // Certificate implements store.Store.
@@ -71,7 +71,7 @@ func (s *Store) Certificates(ctx context.Context, deviceID, after string, fn fun
 		if after != "" {
 			start = s.k.cert(after) + "\x00"
 		}
-		return scanJSON(ctx, s, start, end(s.k.certs()), false, fn)
+		return scanJSON(ctx, s, start, end(s.k.certs()), fn)
 	}
 	prefix := s.k.devCerts(deviceID)
 	start := prefix
@@ -83,7 +83,7 @@ func (s *Store) Certificates(ctx context.Context, deviceID, after string, fn fun
 
 // Revocations implements store.Store.
 func (s *Store) Revocations(ctx context.Context, fn func(*store.Revocation) bool) error {
-	return scanJSON(ctx, s, s.k.revocations(), end(s.k.revocations()), false, fn)
+	return scanJSON(ctx, s, s.k.revocations(), end(s.k.revocations()), fn)
 }
 
 // AppendAudit implements store.Store (at most MaxTxnOps-1 records).
@@ -101,7 +101,7 @@ func (s *Store) AuditLog(ctx context.Context, after uint64, fn func(*store.Audit
 	if after == math.MaxUint64 {
 		return s.begin(ctx)
 	}
-	return scanJSON(ctx, s, s.k.audit(after+1), end(s.k.auditAll()), false, fn)
+	return scanJSON(ctx, s, s.k.audit(after+1), end(s.k.auditAll()), fn)
 }
 
 // NextCRLNumber implements store.Store.

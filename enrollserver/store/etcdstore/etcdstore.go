@@ -94,6 +94,9 @@ type Store struct {
 
 	leaseMu sync.Mutex
 	leases  map[int64]clientv3.LeaseID // expiry bucket → lease
+
+	// listPage is PageSize, smaller in tests of paging.
+	listPage int
 }
 
 var (
@@ -159,7 +162,7 @@ func newStore(ctx context.Context, cli *clientv3.Client, owns bool, prefix strin
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{cli: cli, ownsCli: owns, k: keys{prefix}, opts: o, log: lg, leases: map[int64]clientv3.LeaseID{}}
+	s := &Store{cli: cli, ownsCli: owns, k: keys{prefix}, opts: o, log: lg, leases: map[int64]clientv3.LeaseID{}, listPage: PageSize}
 	if err := s.init(ctx); err != nil {
 		return nil, err
 	}
@@ -248,10 +251,11 @@ func encode(v any) (string, error) {
 	return string(b), nil
 }
 
-// scan calls fn for each key in [start, end) in key order (descending if
-// desc), a page of PageSize keys per request, checking ctx between
-// pages, until fn returns false or an error.
-func (s *Store) scan(ctx context.Context, start, end string, desc, keysOnly bool, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
+// scan calls fn for each key in [start, end) in key order, a page of
+// PageSize keys per request, checking ctx between pages, until fn returns
+// false or an error. (Never newest first: etcd applies a limit only in
+// ascending key order, see ConfigHistory.)
+func (s *Store) scan(ctx context.Context, start, end string, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
 	for {
 		if err := s.begin(ctx); err != nil {
 			return err
@@ -259,15 +263,8 @@ func (s *Store) scan(ctx context.Context, start, end string, desc, keysOnly bool
 		if start >= end {
 			return nil
 		}
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(PageSize)}
-		if desc {
-			opts = append(opts, clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend))
-		}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
 		rctx, cancel := s.reqCtx(ctx)
-		resp, err := s.cli.Get(rctx, start, opts...)
+		resp, err := s.cli.Get(rctx, start, clientv3.WithRange(end), clientv3.WithLimit(PageSize))
 		cancel()
 		if err != nil {
 			return fmt.Errorf("listing %s: %w", s.k.rel(start), err)
@@ -281,18 +278,13 @@ func (s *Store) scan(ctx context.Context, start, end string, desc, keysOnly bool
 		if !resp.More || len(resp.Kvs) == 0 {
 			return nil
 		}
-		last := string(resp.Kvs[len(resp.Kvs)-1].Key)
-		if desc {
-			end = last
-		} else {
-			start = last + "\x00"
-		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }
 
 // scanJSON is scan decoding each value as T.
-func scanJSON[T any](ctx context.Context, s *Store, start, end string, desc bool, fn func(*T) bool) error {
-	return s.scan(ctx, start, end, desc, false, func(kv *mvccpb.KeyValue) (bool, error) {
+func scanJSON[T any](ctx context.Context, s *Store, start, end string, fn func(*T) bool) error {
+	return s.scan(ctx, start, end, func(kv *mvccpb.KeyValue) (bool, error) {
 		v, err := decode[T](kv)
 		if err != nil {
 			return false, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -487,6 +488,83 @@ func BenchmarkFinishEnrollment(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(n.Load())/time.Since(start).Seconds(), "enrollments/s")
+}
+
+// TestConfigHistoryPages: a scope's history, newest first, across pages
+// of 3, with version numbers shared with other scopes, dense stretches and
+// wide gaps (PutConfig's floor), complete and in order; stopping early
+// stops.
+func TestConfigHistoryPages(t *testing.T) {
+	s := open(t, cluster.Client(t, 0), prefix(t), nil)
+	etcdstore.SetListPage(s, 3)
+	ctx := t.Context()
+	var want []uint64
+	put := func(scope string, floor uint64) {
+		t.Helper()
+		cv, err := s.PutConfig(ctx, scope, floor, func(_ *store.ConfigVersion, next uint64) (*store.ConfigVersion, *store.AuditRecord, error) {
+			return &store.ConfigVersion{Scope: scope, Version: next, Config: []byte(`{}`)}, nil, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if scope == "group/a" {
+			want = append([]uint64{cv.Version}, want...)
+		}
+	}
+	for i := range 14 { // dense, interleaved with group/b
+		put("group/a", 0)
+		if i%3 == 0 {
+			put("group/b", 0)
+		}
+	}
+	put("group/b", 1000)   // a gap in group/a's numbers
+	put("group/a", 0)      // 1002
+	put("group/a", 50_000) // another gap
+	for range 9 {
+		put("group/b", 0)
+		put("group/a", 0)
+	}
+	put("group/a", 1<<40) // a very wide one
+	put("group/a", 0)
+	var got []uint64
+	if err := s.ConfigHistory(ctx, "group/a", func(cv *store.ConfigVersion) bool {
+		got = append(got, cv.Version)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("history\n got %v\nwant %v", got, want)
+	}
+	got = nil
+	s.ConfigHistory(ctx, "group/a", func(cv *store.ConfigVersion) bool {
+		got = append(got, cv.Version)
+		return len(got) < 5
+	})
+	if !slices.Equal(got, want[:5]) {
+		t.Errorf("stopped after 5: got %v, want %v", got, want[:5])
+	}
+	if err := s.ConfigHistory(ctx, "group/none", func(*store.ConfigVersion) bool { t.Error("called"); return true }); err != nil {
+		t.Errorf("unknown scope: %v", err)
+	}
+	// Every window holds page..2×page versions, or all that remain: a
+	// page never reads the whole history, and never makes a read for one.
+	const page = 3
+	for i, hi := range want {
+		lo, err := etcdstore.ConfigWindow(s, ctx, "group/a", hi, page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, v := range want[i:] {
+			if v >= lo {
+				n++
+			}
+		}
+		if remaining := len(want) - i; n < min(page, remaining) || n > 2*page {
+			t.Errorf("window below %d: from %d, %d versions; want %d..%d", hi, lo, n, min(page, remaining), 2*page)
+		}
+	}
 }
 
 // BenchmarkMergePreregistrations: a factory batch of 2,000 new devices

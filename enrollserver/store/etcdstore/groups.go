@@ -46,7 +46,7 @@ func (s *Store) Group(ctx context.Context, name string) (*store.Group, error) {
 
 // Groups implements store.Store.
 func (s *Store) Groups(ctx context.Context, fn func(*store.Group) bool) error {
-	return scanJSON(ctx, s, s.k.groups(), end(s.k.groups()), false, fn)
+	return scanJSON(ctx, s, s.k.groups(), end(s.k.groups()), fn)
 }
 
 // latestConfig reads the newest version of scope in t, through the
@@ -129,10 +129,126 @@ func (s *Store) Config(ctx context.Context, scope string, version uint64) (*stor
 	return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, v))
 }
 
-// ConfigHistory implements store.Store.
+// ConfigHistory implements store.Store: newest first, a page at a time.
+//
+// etcd applies a range read's limit only in ascending key order: sorted
+// newest first, every page would load all the scope's older versions. So
+// each page is an ascending read of a window of version numbers below the
+// last one delivered, chosen with count-only reads, which etcd answers
+// from its in-memory index without loading values (configWindow). One
+// page's reads share a revision.
 func (s *Store) ConfigHistory(ctx context.Context, scope string, fn func(*store.ConfigVersion) bool) error {
-	p := s.k.configScope(scope)
-	return scanJSON(ctx, s, p, end(p), true, fn)
+	hi, err := s.latestVersion(ctx, scope)
+	if err != nil || hi == 0 {
+		return err
+	}
+	for hi > 0 {
+		if err := s.begin(ctx); err != nil {
+			return err
+		}
+		lo, rev, err := s.configWindow(ctx, scope, hi, s.listPage)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := s.reqCtx(ctx)
+		resp, err := s.cli.Get(rctx, s.k.config(scope, lo), clientv3.WithRange(s.k.config(scope, hi+1)), clientv3.WithRev(rev))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("listing the config history of %s: %w", scope, err)
+		}
+		for i := len(resp.Kvs) - 1; i >= 0; i-- {
+			cv, err := decode[store.ConfigVersion](resp.Kvs[i])
+			if err != nil {
+				return err
+			}
+			if !fn(cv) {
+				return nil
+			}
+		}
+		hi = lo - 1
+	}
+	return nil
+}
+
+// latestVersion is the newest version of scope (configlatest), 0 if none.
+func (s *Store) latestVersion(ctx context.Context, scope string) (uint64, error) {
+	if err := s.begin(ctx); err != nil {
+		return 0, err
+	}
+	rctx, cancel := s.reqCtx(ctx)
+	resp, err := s.cli.Get(rctx, s.k.configLatest(scope))
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("reading the latest config of %s: %w", scope, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return parseCounter(resp.Kvs[0])
+}
+
+// configWindow picks the next page of scope's history below hi: the
+// lowest version number lo such that versions lo..hi of the scope number
+// from page to 2×page, or 1 if fewer remain. Version numbers are shared by
+// every scope, so a scope's may be sparse: the window grows fourfold while
+// it holds fewer than page, then a binary search narrows it. Every read is
+// count-only, at the revision of the first, which it returns.
+func (s *Store) configWindow(ctx context.Context, scope string, hi uint64, page int) (lo uint64, rev int64, err error) {
+	count := func(lo uint64) (int, error) {
+		opts := []clientv3.OpOption{clientv3.WithRange(s.k.config(scope, hi+1)), clientv3.WithCountOnly()}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		rctx, cancel := s.reqCtx(ctx)
+		defer cancel()
+		resp, err := s.cli.Get(rctx, s.k.config(scope, lo), opts...)
+		if err != nil {
+			return 0, fmt.Errorf("counting the config history of %s: %w", scope, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		return int(resp.Count), nil
+	}
+	below := func(w uint64) uint64 { // hi-w+1, at least 1
+		if w >= hi {
+			return 1
+		}
+		return hi - w + 1
+	}
+	w := uint64(page)
+	lo = below(w)
+	n, err := count(lo)
+	if err != nil {
+		return 0, 0, err
+	}
+	sparse := hi + 1 // the last window that held fewer than page
+	for n < page && lo > 1 {
+		sparse = lo
+		w *= 4
+		lo = below(w)
+		if n, err = count(lo); err != nil {
+			return 0, 0, err
+		}
+	}
+	// count(lo) > 2×page and count(sparse) < page: counts change by at
+	// most one per version number, so one in between holds page..2×page.
+	for n > 2*page {
+		mid := lo + (sparse-lo)/2
+		c, err := count(mid)
+		if err != nil {
+			return 0, 0, err
+		}
+		switch {
+		case c > 2*page:
+			lo, n = mid, c
+		case c < page:
+			sparse = mid
+		default:
+			return mid, rev, nil
+		}
+	}
+	return lo, rev, nil
 }
 
 // WatchConfigs implements store.ConfigWatcher: it reports config versions
@@ -268,5 +384,5 @@ func (s *Store) FirmwareReferences(ctx context.Context, group string, after stor
 			start = k
 		}
 	}
-	return scanJSON(ctx, s, start, end(prefix), false, fn)
+	return scanJSON(ctx, s, start, end(prefix), fn)
 }

@@ -22,7 +22,7 @@ func (s *Store) Preregistration(ctx context.Context, deviceID string) (*store.Pr
 
 // Preregistrations implements store.Store.
 func (s *Store) Preregistrations(ctx context.Context, fn func(*store.Preregistration) bool) error {
-	return scanJSON(ctx, s, s.k.preregs(), end(s.k.preregs()), false, fn)
+	return scanJSON(ctx, s, s.k.preregs(), end(s.k.preregs()), fn)
 }
 
 // withBulk runs fn with the bulk lock held, again (at most
@@ -467,7 +467,7 @@ func (s *Store) CommitImport(ctx context.Context, id string, now time.Time, plan
 		}
 		rows := make([]*store.StagedRow, 0, b.Staged)
 		p := s.k.importRows(id)
-		if err := scanJSON(ctx, s, p, end(p), false, func(r *store.StagedRow) bool {
+		if err := scanJSON(ctx, s, p, end(p), func(r *store.StagedRow) bool {
 			rows = append(rows, r)
 			return true
 		}); err != nil {
@@ -510,7 +510,7 @@ func (s *Store) PurgeExpiredImports(ctx context.Context, now time.Time) (int, er
 	err := s.withBulk(ctx, func(bk *bulk, _ *preregReader) error {
 		n = 0
 		var expired []string
-		if err := s.scan(ctx, s.k.importBatches(), end(s.k.importBatches()), false, false, func(kv *mvccpb.KeyValue) (bool, error) {
+		if err := s.scan(ctx, s.k.importBatches(), end(s.k.importBatches()), func(kv *mvccpb.KeyValue) (bool, error) {
 			b, err := decode[store.ImportBatch](kv)
 			if err != nil || !now.Before(b.ExpiresAt) {
 				expired = append(expired, string(kv.Key[len(s.k.importBatches()):]))

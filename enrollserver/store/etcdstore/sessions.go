@@ -188,7 +188,7 @@ func (s *Store) PurgeExpiredSessions(ctx context.Context, now time.Time) (int, e
 			batch = batch[:0]
 			return nil
 		}
-		err := s.scan(ctx, prefix, end(prefix), false, false, func(kv *mvccpb.KeyValue) (bool, error) {
+		err := s.scan(ctx, prefix, end(prefix), func(kv *mvccpb.KeyValue) (bool, error) {
 			var rec struct {
 				ExpiresAt time.Time `json:"expires_at"`
 			}
