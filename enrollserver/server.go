@@ -472,8 +472,8 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 	}
 
 	// 6. Record the enrollment and consume the session in one transaction.
-	// What is left is waiting for the group commit's fsyncs, not CPU work:
-	// give the admission slot back.
+	// What is left is mostly waiting for the commit's fsyncs, not CPU
+	// work: give the admission slot back.
 	admission.Yield(ctx)
 	serial := issued.Leaf.SerialNumber.Text(16)
 	dev, err := s.cfg.Store.FinishEnrollment(ctx, sess.ID, now, &store.IssuedCertificate{

@@ -343,10 +343,10 @@ func WithPermit(ctx context.Context, p *Permit) context.Context {
 
 // Yield releases the Permit ctx carries (WithPermit), if any, before the
 // request waits on something that is not CPU work: a finished enrollment
-// waiting for the group commit that makes it durable. Slots bound the CPU
-// work in flight; a request waiting on the disk would otherwise hold one
-// idle, and the commit would gather fewer enrollments to share its
-// fsyncs. The holder's own Release then does nothing.
+// waiting for the fsynced commit that makes it durable. Slots bound the
+// CPU work in flight; a request waiting on the disk would otherwise hold
+// one idle, and fewer concurrent enrollments would reach the store to
+// share a commit. The holder's own Release then does nothing.
 func Yield(ctx context.Context) {
 	if p, _ := ctx.Value(permitKey{}).(*Permit); p != nil {
 		p.Release()
