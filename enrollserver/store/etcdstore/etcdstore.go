@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 )
@@ -92,8 +93,9 @@ type Store struct {
 	gcQueue   []*pendingCommit
 	gcRunning bool
 
-	leaseMu sync.Mutex
-	leases  map[int64]clientv3.LeaseID // expiry bucket → lease
+	leaseMu     sync.Mutex
+	leases      map[int64]clientv3.LeaseID // expiry bucket → lease
+	leaseGrants singleflight.Group         // grants in flight, by bucket
 
 	// listPage is PageSize, smaller in tests of paging.
 	listPage int

@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,14 +29,16 @@ func (s *Store) sessionLeaseTTL(sess *store.Session) time.Duration {
 	return max(life, 0) + s.opts.SessionLeaseGrace
 }
 
-// sessionLease returns a lease that lasts at least ttl from now.
+// sessionLease returns a lease that lasts at least ttl from now. One
+// grant per bucket is in flight at a time, outside leaseMu; a caller whose
+// ctx ends stops waiting for it.
 func (s *Store) sessionLease(ctx context.Context, ttl time.Duration) (clientv3.LeaseID, error) {
 	width := s.opts.SessionLeaseBucket
 	now := time.Now()
 	bucket := (now.Add(ttl).UnixNano() + int64(width) - 1) / int64(width)
 	s.leaseMu.Lock()
-	defer s.leaseMu.Unlock()
 	if id, ok := s.leases[bucket]; ok {
+		s.leaseMu.Unlock()
 		return id, nil
 	}
 	for b := range s.leases {
@@ -44,16 +47,29 @@ func (s *Store) sessionLease(ctx context.Context, ttl time.Duration) (clientv3.L
 			delete(s.leases, b)
 		}
 	}
-	until := time.Unix(0, bucket*int64(width)).Sub(now)
-	secs := int64((until + time.Second - 1) / time.Second)
-	rctx, cancel := s.reqCtx(ctx)
-	defer cancel()
-	resp, err := s.cli.Grant(rctx, secs)
-	if err != nil {
-		return clientv3.NoLease, fmt.Errorf("granting a %ds session lease: %w", secs, err)
+	s.leaseMu.Unlock()
+	grant := s.leaseGrants.DoChan(strconv.FormatInt(bucket, 10), func() (any, error) {
+		until := time.Unix(0, bucket*int64(width)).Sub(time.Now())
+		secs := int64((until + time.Second - 1) / time.Second)
+		// Shared by every caller waiting for this bucket: its own
+		// request timeout, not one caller's context.
+		rctx, cancel := s.reqCtx(context.Background())
+		defer cancel()
+		resp, err := s.cli.Grant(rctx, secs)
+		if err != nil {
+			return clientv3.NoLease, fmt.Errorf("granting a %ds session lease: %w", secs, err)
+		}
+		s.leaseMu.Lock()
+		s.leases[bucket] = resp.ID
+		s.leaseMu.Unlock()
+		return resp.ID, nil
+	})
+	select {
+	case r := <-grant:
+		return r.Val.(clientv3.LeaseID), r.Err
+	case <-ctx.Done():
+		return clientv3.NoLease, ctx.Err()
 	}
-	s.leases[bucket] = resp.ID
-	return resp.ID, nil
 }
 
 // dropLease forgets a lease etcd no longer knows (revoked, or expired
