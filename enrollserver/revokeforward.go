@@ -234,7 +234,10 @@ func (f *RevocationForwarder) Reconcile(ctx context.Context) (ReconcileResult, e
 		if !r.NotAfter.IsZero() && r.NotAfter.Before(now) {
 			return true
 		}
-		if _, ok := f.settled[r.Serial]; ok {
+		if notAfter, ok := f.settled[r.Serial]; ok {
+			if notAfter.IsZero() { // settled by Revoke: now its end is known
+				f.settled[r.Serial] = r.NotAfter
+			}
 			return true
 		}
 		switch {
@@ -312,6 +315,19 @@ func (f *RevocationForwarder) Run(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// Revoke implements pki.Revoker for the Server's own forwards (a device
+// action's): it revokes through the configured Revoker and, once that
+// acknowledged, remembers the serial as settled, so the next Reconcile
+// pass does not send it again. Give the Server an Issuer whose Revoke is
+// this one (enrolld's daemon does).
+func (f *RevocationForwarder) Revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+	if err := f.cfg.Revoker.Revoke(ctx, serial, reasonCode, reason); err != nil {
+		return err
+	}
+	f.settle(serial, time.Time{}) // its end is learnt at the next pass
+	return nil
 }
 
 // settle remembers serial, whose certificate ends at notAfter, as done.

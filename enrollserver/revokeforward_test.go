@@ -244,6 +244,24 @@ func TestRevocationForwardSelection(t *testing.T) {
 			t.Fatalf("second pass = %+v, %v, calls %v; want only the refused one again", res, err, rev.calls)
 		}
 	})
+	t.Run("a forward the server made is not repeated", func(t *testing.T) {
+		rev := &fakeRevoker{fail: map[string]error{older[1]: pki.ErrRevokerUnavailable}}
+		fw := newForwarder(rev, e.clock)
+		ctx := context.Background()
+		if err := fw.Revoke(ctx, older[0], 0, "stolen"); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Revoke(ctx, older[1], 0, "stolen"); !errors.Is(err, pki.ErrRevokerUnavailable) {
+			t.Fatalf("Revoke of a serial the CA refused = %v", err)
+		}
+		rev.mu.Lock()
+		delete(rev.fail, older[1]) // the CA is back
+		rev.mu.Unlock()
+		res, err := fw.Reconcile(ctx)
+		if err != nil || res.Forwarded != 1 || len(rev.calls) != 3 || rev.calls[2] != older[1] {
+			t.Fatalf("pass = %+v, %v, calls %v; want only %s, which was not acknowledged, sent again", res, err, rev.calls, older[1])
+		}
+	})
 	t.Run("an unavailable CA stops the pass", func(t *testing.T) {
 		rev := &fakeRevoker{fail: map[string]error{older[0]: pki.ErrRevokerUnavailable, older[1]: pki.ErrRevokerUnavailable}}
 		fw := newForwarder(rev, e.clock)

@@ -107,6 +107,20 @@ type deviceIssuer struct {
 	close        func()
 }
 
+// forwardingIssuer is the step-ca issuer whose revocations, forwarded by
+// the server when an operator revokes, go through the RevocationForwarder:
+// one the CA acknowledged at once is then not sent again by the next
+// reconcile pass.
+type forwardingIssuer struct {
+	pki.Issuer
+	fw *enrollserver.RevocationForwarder
+}
+
+// Revoke implements pki.Revoker.
+func (i forwardingIssuer) Revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+	return i.fw.Revoke(ctx, serial, reasonCode, reason)
+}
+
 // newIssuer builds the device certificate issuer cfg selects. With a
 // step-ca it checks at startup that the CA knows the provisioner and the
 // credential (stepca.Issuer.Check): a wrong provisioner, key or x5c chain,
@@ -207,7 +221,7 @@ func newIssuer(ctx context.Context, cfg IssuerConfig, ca *pki.CA, st store.Store
 		clientCAs.AddCert(c)
 	}
 	return &deviceIssuer{
-		Issuer:       iss,
+		Issuer:       forwardingIssuer{Issuer: iss, fw: fw},
 		clientCAs:    clientCAs,
 		verifyClient: stepCAClientPolicy(ca, st),
 		// The forwarder stops before the step-ca client and the store
