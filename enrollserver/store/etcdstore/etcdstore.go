@@ -254,10 +254,18 @@ func encode(v any) (string, error) {
 }
 
 // scan calls fn for each key in [start, end) in key order, a page of
-// PageSize keys per request, checking ctx between pages, until fn returns
-// false or an error. (Never newest first: etcd applies a limit only in
-// ascending key order, see ConfigHistory.)
+// PageSize keys per request (each at the latest revision), checking ctx
+// between pages, until fn returns false or an error. (Never newest first:
+// etcd applies a limit only in ascending key order, see ConfigHistory.)
 func (s *Store) scan(ctx context.Context, start, end string, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
+	return s.pages(ctx, start, end, false, nil, fn)
+}
+
+// pages reads [start, end) PageSize keys at a time, checking ctx between
+// pages, and calls fn for each key until it returns false or an error.
+// With rev nil each page is read at the latest revision; otherwise every
+// page at *rev, which the first page sets when it is 0 (one snapshot).
+func (s *Store) pages(ctx context.Context, start, end string, keysOnly bool, rev *int64, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
 	for {
 		if err := s.begin(ctx); err != nil {
 			return err
@@ -265,11 +273,21 @@ func (s *Store) scan(ctx context.Context, start, end string, fn func(kv *mvccpb.
 		if start >= end {
 			return nil
 		}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(PageSize)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
+		if rev != nil && *rev != 0 {
+			opts = append(opts, clientv3.WithRev(*rev))
+		}
 		rctx, cancel := s.reqCtx(ctx)
-		resp, err := s.cli.Get(rctx, start, clientv3.WithRange(end), clientv3.WithLimit(PageSize))
+		resp, err := s.cli.Get(rctx, start, opts...)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("listing %s: %w", s.k.rel(start), err)
+			return fmt.Errorf("reading %s: %w", s.k.rel(start), err)
+		}
+		if rev != nil && *rev == 0 {
+			*rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
 			more, err := fn(kv)

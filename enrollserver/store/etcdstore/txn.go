@@ -163,38 +163,11 @@ func txnGet[T any](t *txn, key string) (*T, error) {
 // range fails the commit). Writes of this attempt are not seen.
 func (t *txn) scan(start, end string, keysOnly bool, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
 	r := readRange{start: start, end: end}
-	for {
-		if err := t.s.begin(t.ctx); err != nil {
-			return err
-		}
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(PageSize)}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-		if r.rev != 0 {
-			opts = append(opts, clientv3.WithRev(r.rev))
-		}
-		rctx, cancel := t.s.reqCtx(t.ctx)
-		resp, err := t.s.cli.Get(rctx, start, opts...)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", t.s.k.rel(start), err)
-		}
-		if r.rev == 0 {
-			r.rev = resp.Header.Revision
-			t.ranges = append(t.ranges, r)
-		}
-		for _, kv := range resp.Kvs {
-			more, err := fn(kv)
-			if err != nil || !more {
-				return err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return nil
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	err := t.s.pages(t.ctx, start, end, keysOnly, &r.rev, fn)
+	if r.rev != 0 {
+		t.ranges = append(t.ranges, r)
 	}
+	return err
 }
 
 // count counts the keys in [start, end) (a count-only read), guarded as
