@@ -107,26 +107,17 @@ func (s *Store) PutConfig(ctx context.Context, scope string, floor uint64, fn fu
 
 // Config implements store.Store.
 func (s *Store) Config(ctx context.Context, scope string, version uint64) (*store.ConfigVersion, error) {
-	if version != 0 {
-		return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, version))
+	if version == 0 {
+		v, err := s.latestVersion(ctx, scope)
+		if err != nil {
+			return nil, err
+		}
+		if v == 0 {
+			return nil, store.ErrNotFound
+		}
+		version = v
 	}
-	if err := s.begin(ctx); err != nil {
-		return nil, err
-	}
-	rctx, cancel := s.reqCtx(ctx)
-	resp, err := s.cli.Get(rctx, s.k.configLatest(scope))
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("reading the latest config of %s: %w", scope, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, store.ErrNotFound
-	}
-	v, err := parseCounter(resp.Kvs[0])
-	if err != nil {
-		return nil, err
-	}
-	return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, v))
+	return getJSON[store.ConfigVersion](ctx, s, s.k.config(scope, version))
 }
 
 // ConfigHistory implements store.Store: newest first, a page at a time.
