@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -525,6 +526,8 @@ func TestConfigHistoryPages(t *testing.T) {
 		put("group/a", 0)
 	}
 	put("group/a", 1<<40) // a very wide one
+	put("group/a", 0)
+	put("group/a", math.MaxUint64-100) // growing the window must not wrap around
 	put("group/a", 0)
 	var got []uint64
 	if err := s.ConfigHistory(ctx, "group/a", func(cv *store.ConfigVersion) bool {

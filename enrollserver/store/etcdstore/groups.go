@@ -207,6 +207,7 @@ func (s *Store) configWindow(ctx context.Context, scope string, hi uint64, page 
 		}
 		return hi - w + 1
 	}
+	page = max(page, 1)
 	w := uint64(page)
 	lo = below(w)
 	n, err := count(lo)
@@ -216,7 +217,11 @@ func (s *Store) configWindow(ctx context.Context, scope string, hi uint64, page 
 	sparse := hi + 1 // the last window that held fewer than page
 	for n < page && lo > 1 {
 		sparse = lo
-		w *= 4
+		if w > hi/4 {
+			w = hi // all that remains (w*4 could wrap around)
+		} else {
+			w *= 4
+		}
 		lo = below(w)
 		if n, err = count(lo); err != nil {
 			return 0, 0, err
