@@ -8,7 +8,6 @@ import (
 	"io"
 
 	goattest "github.com/google/go-attestation/attest"
-	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/legacy/tpm2/credactivation"
 )
 
@@ -18,10 +17,24 @@ const activationSymBlockSize = 16
 
 // NewActivationChallenge makes a credential activation challenge
 // (TPM2_MakeCredential, TPM 2.0 Part 1, 24) for the AK under the EK: it
-// checks ekPub is an acceptable EK (ReasonEKWeak), runs VerifyAKParameters,
-// then encrypts a fresh ActivationSecretSize-byte secret so that only a TPM
+// runs VerifyAKParameters, then MakeCredential.
+func NewActivationChallenge(rnd io.Reader, ekPub crypto.PublicKey, p goattest.AttestationParameters) (secret []byte, ec *goattest.EncryptedCredential, err error) {
+	if err := checkEKKey(ekPub); err != nil {
+		return nil, nil, err
+	}
+	ak, err := VerifyAKParameters(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return MakeCredential(rnd, ekPub, ak)
+}
+
+// MakeCredential checks ekPub is an acceptable EK (ReasonEKWeak), then
+// encrypts a fresh ActivationSecretSize-byte secret so that only a TPM
 // holding the EK's private key, with the AK of exactly this name (public
-// area, attributes included) loaded, can recover it.
+// area, attributes included) loaded, can recover it. ak must come from
+// VerifyAKParameters, which took the name from the verified creation
+// attestation; an AKPublic from ParseAKPublic is refused.
 //
 // rnd supplies the secret; nil means crypto/rand. (The encryption's seed
 // always comes from crypto/rand inside go-tpm.)
@@ -31,30 +44,21 @@ const activationSymBlockSize = 16
 // (VerifyEKCertificate or a pre-registration): activation proves the AK shares
 // a TPM with this EK, not that the EK is genuine. An error that is not a
 // *VerificationError is a server fault (random source).
-func NewActivationChallenge(rnd io.Reader, ekPub crypto.PublicKey, p goattest.AttestationParameters) (secret []byte, ec *goattest.EncryptedCredential, err error) {
+func MakeCredential(rnd io.Reader, ekPub crypto.PublicKey, ak *AKPublic) (secret []byte, ec *goattest.EncryptedCredential, err error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
 	if err := checkEKKey(ekPub); err != nil {
 		return nil, nil, err
 	}
-	if _, err := VerifyAKParameters(p); err != nil {
-		return nil, nil, err
-	}
-	// MakeCredential for the AK's name as its creation attestation states
-	// it, which VerifyAKParameters checked against the public area. (Going
-	// through go-attestation's ActivationParameters.Generate would verify
-	// the creation signature a second time: a third of this function's
-	// cost for an ECC EK.)
-	att, err := tpm2.DecodeAttestationData(p.CreateAttestation)
-	if err != nil || att.AttestedCreationInfo == nil || att.AttestedCreationInfo.Name.Digest == nil {
-		return nil, nil, reject(ReasonAKInvalid, "AK creation attestation names no key")
+	if ak == nil || ak.createdName == nil {
+		return nil, nil, reject(ReasonAKInvalid, "the AK's creation was not verified (VerifyAKParameters)")
 	}
 	secret = make([]byte, ActivationSecretSize)
 	if _, err := io.ReadFull(rnd, secret); err != nil {
 		return nil, nil, fmt.Errorf("attest: generating activation secret: %w", err)
 	}
-	cred, encSecret, err := credactivation.Generate(att.AttestedCreationInfo.Name.Digest, ekPub, activationSymBlockSize, secret)
+	cred, encSecret, err := credactivation.Generate(ak.createdName, ekPub, activationSymBlockSize, secret)
 	if err != nil {
 		return nil, nil, fmt.Errorf("attest: generating activation challenge: %w", err)
 	}

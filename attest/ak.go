@@ -18,6 +18,11 @@ type AKPublic struct {
 	// TPMPublic is the AK's TPMT_PUBLIC encoding, to store between
 	// enrollment steps and parse again with ParseAKPublic.
 	TPMPublic []byte
+
+	// createdName is the AK's name as its creation attestation states it,
+	// set only by VerifyAKParameters once that attestation verified:
+	// MakeCredential encrypts to it, and refuses an AKPublic without it.
+	createdName *tpm2.HashValue
 }
 
 // ParseAKPublic parses an AK's TPMT_PUBLIC (as stored by the server after
@@ -128,6 +133,10 @@ func VerifyAKParameters(p goattest.AttestationParameters) (*AKPublic, error) {
 	if err := ap.CheckAKParameters(); err != nil {
 		return nil, rejectErr(ReasonAKInvalid, err, "checking AK creation parameters")
 	}
+	if att.AttestedCreationInfo == nil || att.AttestedCreationInfo.Name.Digest == nil {
+		return nil, reject(ReasonAKInvalid, "AK creation attestation names no key")
+	}
+	ak.createdName = att.AttestedCreationInfo.Name.Digest
 	return ak, nil
 }
 

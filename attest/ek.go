@@ -96,6 +96,11 @@ type EKCertificateInfo struct {
 	Manufacturer string
 	Model        string
 	Version      string
+	// ValidFrom and ValidUntil bound, inclusively, the times at which the
+	// chain that verified is valid: the verdict is the same at any time
+	// between them (the certificate bytes and the pools being the same),
+	// which is what lets a caller remember it.
+	ValidFrom, ValidUntil time.Time
 }
 
 // VerifyEKCertificate verifies an EK certificate for ekPub against the TPM
@@ -176,15 +181,37 @@ func VerifyEKCertificate(certDER []byte, ekPub crypto.PublicKey, roots, intermed
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}
-	if _, err := cert.Verify(opts); err != nil {
+	chains, err := cert.Verify(opts)
+	if err != nil {
 		return nil, rejectErr(ReasonEKUntrusted, err, "verifying EK certificate chain")
 	}
+	info.ValidFrom, info.ValidUntil = validity(chains)
 
 	// Step 4: the certified key is the EK presented.
 	if !publicKeysEqual(ekPub, cert.PublicKey) {
 		return nil, reject(ReasonEKMismatch, "EK certificate is for a different public key than the EK sent")
 	}
 	return info, nil
+}
+
+// validity is the window of the chain (of those that verified) valid the
+// longest: the latest NotBefore and the earliest NotAfter along it.
+func validity(chains [][]*x509.Certificate) (from, until time.Time) {
+	for _, chain := range chains {
+		var f, u time.Time
+		for i, c := range chain {
+			if i == 0 || c.NotBefore.After(f) {
+				f = c.NotBefore
+			}
+			if i == 0 || c.NotAfter.Before(u) {
+				u = c.NotAfter
+			}
+		}
+		if len(chain) > 0 && (until.IsZero() || u.After(until)) {
+			from, until = f, u
+		}
+	}
+	return from, until
 }
 
 // checkEKUsage applies the TCG profile's key usage rules (ReasonEKUntrusted).

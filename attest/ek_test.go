@@ -189,8 +189,27 @@ func TestVerifyEKCertificate(t *testing.T) {
 		}
 		pool := x509.NewCertPool()
 		pool.AddCert(inter)
-		if _, err := attest.VerifyEKCertificate(der, f.ek.Public, f.roots, pool, now); err != nil {
-			t.Errorf("with intermediate: %v", err)
+		info, err := attest.VerifyEKCertificate(der, f.ek.Public, f.roots, pool, now)
+		if err != nil {
+			t.Fatalf("with intermediate: %v", err)
+		}
+		// The window is the chain's: the latest NotBefore and the
+		// earliest NotAfter of the leaf, the intermediate and the root.
+		leaf, _ := x509.ParseCertificate(der)
+		wantFrom, wantUntil := leaf.NotBefore, leaf.NotAfter
+		for _, c := range []*x509.Certificate{inter, f.mfr.Certificate} {
+			if c.NotBefore.After(wantFrom) {
+				wantFrom = c.NotBefore
+			}
+			if c.NotAfter.Before(wantUntil) {
+				wantUntil = c.NotAfter
+			}
+		}
+		if !info.ValidFrom.Equal(wantFrom) || !info.ValidUntil.Equal(wantUntil) {
+			t.Errorf("validity %v..%v, want %v..%v", info.ValidFrom, info.ValidUntil, wantFrom, wantUntil)
+		}
+		if inter.NotAfter.Before(leaf.NotAfter) && !info.ValidUntil.Equal(inter.NotAfter) {
+			t.Errorf("ValidUntil %v is not the intermediate's NotAfter %v, which ends first", info.ValidUntil, inter.NotAfter)
 		}
 		_, err = attest.VerifyEKCertificate(der, f.ek.Public, f.roots, nil, now)
 		wantReason(t, err, attest.ReasonEKUntrusted)

@@ -280,6 +280,39 @@ func TestActivationRejects(t *testing.T) {
 		_, _, err = attest.NewActivationChallenge(rand.Reader, &weak.PublicKey, ev.ak)
 		wantReason(t, err, attest.ReasonEKWeak)
 	})
+
+	t.Run("MakeCredential for an AK whose creation was not verified", func(t *testing.T) {
+		// ParseAKPublic checks only the public area's claims: the
+		// creation attestation, and the name in it, were never checked.
+		parsed, err := attest.ParseAKPublic(ev.ak.Public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ak := range []*attest.AKPublic{parsed, nil} {
+			_, _, err = attest.MakeCredential(rand.Reader, f.ek.Public, ak)
+			wantReason(t, err, attest.ReasonAKInvalid)
+		}
+	})
+
+	t.Run("MakeCredential for a verified AK activates", func(t *testing.T) {
+		f.withAK(t, goattest.ECDSA, func(ak *goattest.AK) {
+			verified, err := attest.VerifyAKParameters(ak.AttestationParameters())
+			if err != nil {
+				t.Fatal(err)
+			}
+			secret, ec, err := attest.MakeCredential(rand.Reader, f.ek.Public, verified)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := ak.ActivateCredential(f.tpm, *ec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := attest.VerifyActivationProof(secret, got); err != nil {
+				t.Error(err)
+			}
+		})
+	})
 }
 
 func TestVerifyQuoteRejects(t *testing.T) {

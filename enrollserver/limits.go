@@ -40,4 +40,8 @@ const (
 	// DefaultReplayCacheSize is how many verified event-log replays a
 	// server remembers (see replayCache; about 2 KiB each, so 8 MiB).
 	DefaultReplayCacheSize = 4096
+	// DefaultVerdictMemoSize is how many EK certificate verdicts, and as
+	// many AK creation verdicts, a server remembers (see
+	// verifications.go; about 0.3 and 0.6 KiB each, so 18 MiB).
+	DefaultVerdictMemoSize = 20000
 )

@@ -22,6 +22,7 @@ type metrics struct {
 	crlEntries          prometheus.Gauge
 	measuredBoot        *prometheus.CounterVec
 	replays             *prometheus.CounterVec
+	verdicts            *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -72,9 +73,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "edgeenroll_event_log_replays_total",
 			Help: "Event logs replayed against quoted PCRs, by replay cache result (hit: the same log and PCR values were verified before; miss: replayed).",
 		}, []string{"cache"}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeenroll_verdict_memo_lookups_total",
+			Help: "EK certificate and AK creation checks at begin, by step (ek_certificate, ak_creation) and result (hit: the same evidence verified before, within its validity; miss: verified now).",
+		}, []string{"step", "result"}),
 	}
 	for _, c := range []prometheus.Collector{m.enrollments, m.begins, m.attestationFailures, m.issuance, m.timeToFinish,
-		m.renewals, m.admin, m.auditSuppressed, m.crlEntries, m.measuredBoot, m.replays} {
+		m.renewals, m.admin, m.auditSuppressed, m.crlEntries, m.measuredBoot, m.replays, m.verdicts} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

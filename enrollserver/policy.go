@@ -34,10 +34,10 @@ func (s *Server) admit(ctx context.Context, sess *store.Session, req *api.BeginR
 		if s.cfg.ManufacturerRoots == nil {
 			certErr = api.Errorf(api.CodeEKUntrusted, "the EK certificate cannot be checked: this server trusts no TPM manufacturer root (enrolld --manufacturer-roots); configure the vendor's root or pre-register the device")
 		} else {
-			var info *attest.EKCertificateInfo
-			info, certErr = attest.VerifyEKCertificate(req.EKCertificate, ekPub, s.cfg.ManufacturerRoots, s.cfg.ManufacturerIntermediates, now)
-			if certErr == nil && info != nil && info.Certificate != nil {
-				sess.EKIssuer = info.Certificate.Issuer.String()
+			var issuer string
+			issuer, certErr = s.verifyEKCertificate(req.EKCertificate, req.EKPublic, ekPub, now)
+			if certErr == nil {
+				sess.EKIssuer = issuer
 			}
 		}
 		// A certificate for another key is a forgery, not an unknown

@@ -219,6 +219,7 @@ type env struct {
 	mu     sync.Mutex
 	now    time.Time
 	srv    *enrollserver.Server
+	reg    *prometheus.Registry
 }
 
 func newEnv(t *testing.T, opts ...func(*enrollserver.Config)) *env {
@@ -239,8 +240,8 @@ func newEnv(t *testing.T, opts ...func(*enrollserver.Config)) *env {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(mfr.Certificate)
-	e := &env{t: t, ca: ca, store: st, mfr: mfr, now: time.Now()}
 	reg := prometheus.NewRegistry()
+	e := &env{t: t, ca: ca, store: st, mfr: mfr, now: time.Now(), reg: reg}
 	cfg := enrollserver.Config{
 		Store: st, CA: ca, ManufacturerRoots: roots, SessionTTL: time.Minute, Registerer: reg,
 		Bundles: enrollserver.StaticBundle{Version: 3, Config: json.RawMessage(`{"k":"v"}`)},

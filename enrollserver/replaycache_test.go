@@ -43,8 +43,8 @@ func TestReplayCache(t *testing.T) {
 	if _, _, err := c.replay(b, pb, nil); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.m) != 2 || c.ll.Len() != 2 {
-		t.Errorf("cache holds %d (%d), want 2", len(c.m), c.ll.Len())
+	if len(c.memo.m) != 2 || c.memo.ll.Len() != 2 {
+		t.Errorf("cache holds %d (%d), want 2", len(c.memo.m), c.memo.ll.Len())
 	}
 	if _, hit, _ := c.replay(a, pa, nil); hit {
 		t.Error("the oldest entry survived eviction")

@@ -115,6 +115,11 @@ type Config struct {
 	// again (see replayCache); 0 means DefaultReplayCacheSize, a
 	// negative value remembers none.
 	ReplayCacheSize int
+	// VerdictMemoSize bounds the EK certificate and AK creation verdicts
+	// remembered, each, for devices that attest again with the same
+	// evidence (see verifications.go); 0 means DefaultVerdictMemoSize, a
+	// negative value remembers none.
+	VerdictMemoSize int
 	// AuditRefusalsPerSecond bounds audit records of refused calls (a
 	// token bucket with a burst of ten seconds' worth); 0 means
 	// DefaultAuditRefusalsPerSecond. Refusals beyond it are counted in
@@ -142,6 +147,8 @@ type Server struct {
 	crl              crlState
 	refusal          *tokenBucket
 	replays          *replayCache
+	ekVerdicts       *memo[ekVerdict]
+	akVerdicts       *memo[*attest.AKPublic]
 }
 
 // New validates cfg and returns a Server.
@@ -247,6 +254,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ReplayCacheSize == 0 {
 		cfg.ReplayCacheSize = DefaultReplayCacheSize
 	}
+	if cfg.VerdictMemoSize == 0 {
+		cfg.VerdictMemoSize = DefaultVerdictMemoSize
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("enrollserver config: %w", errors.Join(errs...))
 	}
@@ -255,8 +265,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, seal: newSealKeys(),
-		refusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
-		replays: newReplayCache(cfg.ReplayCacheSize)}
+		refusal:    newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
+		replays:    newReplayCache(cfg.ReplayCacheSize),
+		ekVerdicts: newMemo[ekVerdict](cfg.VerdictMemoSize),
+		akVerdicts: newMemo[*attest.AKPublic](cfg.VerdictMemoSize)}
 	if err := m.registerStoreGauges(cfg.Registerer, cfg.Store); err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
@@ -310,7 +322,7 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 		CreateAttestation: req.AK.CreateAttestation,
 		CreateSignature:   req.AK.CreateSignature,
 	}
-	secret, ec, err := attest.NewActivationChallenge(s.cfg.Rand, ekPub, akParams)
+	secret, ec, err := s.newActivationChallenge(ekPub, akParams)
 	if err != nil {
 		return nil, s.refuse(err)
 	}
