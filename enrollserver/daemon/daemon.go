@@ -86,8 +86,9 @@ type Config struct {
 	// DurableSessions keeps begun, unfinished enrollment sessions in the
 	// store file (an fsynced commit at every begin) instead of in memory
 	// (store.Options.MemorySessions, the default). In memory, a restart
-	// makes devices caught between begin and finish begin again; no
-	// finished enrollment is lost either way.
+	// makes devices caught between begin and finish begin again, as it
+	// does a device repeating a finish whose answer it lost; no finished
+	// enrollment is lost either way.
 	DurableSessions bool
 	// Admission bounds enrollment work (begin, finish) over HTTPS and
 	// MQTT together: slots, queue, per-client rate limits (zero fields:

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,7 +25,9 @@ var (
 	bucketCerts    = []byte("certificates")
 	bucketPrereg   = []byte("preregistrations")
 	// bucketCompleted maps a consumed session ID to its device until the
-	// session's TTL passes, so a repeated finish finds its result.
+	// session's TTL passes, so a repeated finish finds its result. With
+	// Options.MemorySessions the marker stays in memory instead
+	// (memSessions.done); only sessions kept in the bucket get one here.
 	bucketCompleted = []byte("completed_sessions")
 
 	// Fleet operations (schema 2).
@@ -72,26 +75,39 @@ type Options struct {
 	// instead of the sessions bucket, so begin writes nothing to disk:
 	// one fsynced commit per enrollment instead of two. The durable
 	// record is written at completion, in FinishEnrollment's transaction
-	// (the device, its certificate, the completed session, the audit
-	// record), so a crash loses no finished enrollment and a repeated
-	// finish still finds its result. What a crash (or restart) loses is
-	// the sessions begun and not yet finished: their devices are told
+	// (the device, its certificate, the audit record), so a crash loses
+	// no finished enrollment. A finished session leaves a tombstone in
+	// memory (its device, until its TTL passes) instead of an entry in
+	// the completed_sessions bucket, which cost that transaction two
+	// more page writes and the purge two more: CompletedSession answers
+	// from it, so a repeated finish finds its result, and its ID cannot
+	// be begun again while it lives. What a crash (or restart) loses is
+	// the sessions begun and not yet finished, whose devices are told
 	// nonce_unknown_or_used at finish and begin again, as after their
-	// session's TTL. Memory grows with the sessions live at once (about
-	// 1 KiB each, at most the begin rate times the session TTL; finished
-	// and purged sessions are dropped). Sessions an earlier run left in
-	// the bucket are still found and consumed. One process only: never
-	// for a store several servers share.
+	// session's TTL, and the tombstones: a finish whose answer was lost
+	// in a crash after its commit is likewise told to begin again, which
+	// converges; nothing acknowledged to a device is lost. Memory grows
+	// with the sessions live at once (about 1 KiB each, at most the begin
+	// rate times the session TTL) and the tombstones (about 200 bytes
+	// each, at most the finish rate times the session TTL); purged
+	// sessions and tombstones are dropped. Sessions and completed entries
+	// an earlier run left in the buckets are still found. One process
+	// only: never for a store several servers share.
 	MemorySessions bool
 	// MaxMemorySessions bounds the sessions MemorySessions holds at once
 	// (0: DefaultMaxMemorySessions); past it CreateSession returns
-	// ErrTooManySessions and the device is told to retry later.
+	// ErrTooManySessions and the device is told to retry later. It bounds
+	// the tombstones of finished sessions separately (they do not count
+	// toward the live sessions): past it the tombstone expiring first is
+	// dropped, which only means a repeated finish of that session is told
+	// to begin again.
 	MaxMemorySessions int
 }
 
-// DefaultMaxMemorySessions is 200,000 live sessions (~200 MiB at worst):
-// a begin rate of over 1,600/s sustained for the default 2-minute session
-// TTL, well above what admission lets through on a small server.
+// DefaultMaxMemorySessions is 200,000 live sessions (~200 MiB at worst),
+// and as many tombstones (~40 MiB): a begin rate of over 1,600/s sustained
+// for the default 2-minute session TTL, well above what admission lets
+// through on a small server.
 const DefaultMaxMemorySessions = 200000
 
 // DefaultOptions returns the production defaults.
@@ -165,7 +181,7 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	}
 	st := &Bolt{db: db}
 	if opts.MemorySessions {
-		st.mem = &memSessions{m: make(map[string]*memSession), max: opts.MaxMemorySessions}
+		st.mem = &memSessions{m: make(map[string]*memSession), done: make(map[string]string), max: opts.MaxMemorySessions}
 		if st.mem.max <= 0 {
 			st.mem.max = DefaultMaxMemorySessions
 		}
@@ -254,7 +270,7 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		if err := sessions.Delete([]byte(id)); err != nil {
 			return err
 		}
-		next, err := recordEnrollment(tx, &sess, cert, certVal, apply)
+		next, err := recordEnrollment(tx, &sess, cert, certVal, apply, true)
 		if err != nil {
 			return err
 		}
@@ -269,9 +285,10 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 
 // recordEnrollment writes the outcome of session sess (already checked
 // live and deleted from the sessions bucket if it was there): the device
-// record apply returns, the completed session, the certificate and the
-// audit record.
-func recordEnrollment(tx *bolt.Tx, sess *Session, cert *IssuedCertificate, certVal []byte, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error) {
+// record apply returns, the certificate, the audit record and, if
+// markCompleted, the completed session (a session held in memory gets a
+// tombstone in memory instead: memSessions.complete).
+func recordEnrollment(tx *bolt.Tx, sess *Session, cert *IssuedCertificate, certVal []byte, apply func(prev *Device) (*Device, *AuditRecord, error), markCompleted bool) (*Device, error) {
 	id := sess.ID
 	devices := tx.Bucket(bucketDevices)
 	var prev *Device
@@ -288,12 +305,14 @@ func recordEnrollment(tx *bolt.Tx, sess *Session, cert *IssuedCertificate, certV
 	if next.ID != sess.DeviceID {
 		return nil, fmt.Errorf("finish of session %s wrote device %s, want %s", id, next.ID, sess.DeviceID)
 	}
-	done, err := json.Marshal(completed{DeviceID: sess.DeviceID, ExpiresAt: sess.ExpiresAt})
-	if err != nil {
-		return nil, err
-	}
-	if err := tx.Bucket(bucketCompleted).Put([]byte(id), done); err != nil {
-		return nil, err
+	if markCompleted {
+		done, err := json.Marshal(completed{DeviceID: sess.DeviceID, ExpiresAt: sess.ExpiresAt})
+		if err != nil {
+			return nil, err
+		}
+		if err := tx.Bucket(bucketCompleted).Put([]byte(id), done); err != nil {
+			return nil, err
+		}
 	}
 	if err := putDevice(tx, prev, next); err != nil {
 		return nil, err
@@ -322,8 +341,17 @@ type completed struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// CompletedSession implements Store.
+// CompletedSession implements Store: from the tombstones of sessions
+// finished in memory, else from the bucket.
 func (s *Bolt) CompletedSession(ctx context.Context, id string) (string, error) {
+	if s.mem != nil {
+		if dev, ok := s.mem.completed(id); ok {
+			if err := ctx.Err(); err != nil {
+				return "", err
+			}
+			return dev, nil
+		}
+	}
 	var c completed
 	if err := s.get(ctx, bucketCompleted, id, &c); err != nil {
 		return "", err
@@ -495,11 +523,39 @@ func scanAfter[T any](ctx context.Context, b *bolt.Bucket, after string, fn func
 }
 
 // memSessions are the live sessions of a store opened with
-// Options.MemorySessions.
+// Options.MemorySessions, and the tombstones of those finished.
 type memSessions struct {
-	mu  sync.Mutex
-	m   map[string]*memSession
+	mu sync.Mutex
+	m  map[string]*memSession
+	// done maps the ID of a session finished in memory to its device
+	// until the session's TTL passes (what bucketCompleted records for a
+	// session kept in the bucket); expiry holds the same IDs, the first
+	// to expire on top. No ID is in both m and done.
+	done   map[string]string
+	expiry tombstones
+	// max bounds m and, separately, done.
 	max int
+}
+
+// tombstone is an entry of memSessions.expiry.
+type tombstone struct {
+	id        string
+	expiresAt time.Time
+}
+
+// tombstones is a container/heap of tombstones, the first to expire on
+// top.
+type tombstones []tombstone
+
+func (h tombstones) Len() int           { return len(h) }
+func (h tombstones) Less(i, j int) bool { return h[i].expiresAt.Before(h[j].expiresAt) }
+func (h tombstones) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *tombstones) Push(x any)        { *h = append(*h, x.(tombstone)) }
+func (h *tombstones) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // memSession is one live session. sess is never modified after
@@ -523,15 +579,36 @@ func (ms *memSessions) live(e *memSession) bool {
 	return ms.m[e.sess.ID] == e
 }
 
-func (ms *memSessions) remove(e *memSession) {
+// complete replaces live session e by its tombstone, in one step: a
+// concurrent finish finds e consumed, and CompletedSession finds the
+// tombstone, as soon as the finish returns. Past max tombstones the one
+// expiring first is dropped.
+func (ms *memSessions) complete(e *memSession) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
-	if ms.m[e.sess.ID] == e {
-		delete(ms.m, e.sess.ID)
+	id := e.sess.ID
+	if ms.m[id] != e {
+		return // purged while its finish committed: expired anyway
 	}
+	delete(ms.m, id)
+	if len(ms.done) >= ms.max {
+		delete(ms.done, heap.Pop(&ms.expiry).(tombstone).id)
+	}
+	ms.done[id] = e.sess.DeviceID
+	heap.Push(&ms.expiry, tombstone{id: id, expiresAt: e.sess.ExpiresAt})
 }
 
-// purge drops the sessions whose TTL passed at now.
+// completed returns the device of the session finished in memory under
+// id, if its tombstone lives.
+func (ms *memSessions) completed(id string) (string, bool) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	dev, ok := ms.done[id]
+	return dev, ok
+}
+
+// purge drops the sessions and the tombstones whose TTL passed at now and
+// returns how many sessions it dropped.
 func (ms *memSessions) purge(now time.Time) int {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
@@ -541,6 +618,9 @@ func (ms *memSessions) purge(now time.Time) int {
 			delete(ms.m, id)
 			n++
 		}
+	}
+	for len(ms.expiry) > 0 && !now.Before(ms.expiry[0].expiresAt) {
+		delete(ms.done, heap.Pop(&ms.expiry).(tombstone).id)
 	}
 	return n
 }
@@ -565,6 +645,9 @@ func (s *Bolt) createMemSession(sess *Session) error {
 	if s.mem.m[sess.ID] != nil {
 		return fmt.Errorf("session %s: %w", sess.ID, ErrExists)
 	}
+	if _, ok := s.mem.done[sess.ID]; ok {
+		return fmt.Errorf("session %s already finished: %w", sess.ID, ErrExists)
+	}
 	if len(s.mem.m) >= s.mem.max {
 		return fmt.Errorf("%d sessions live: %w", len(s.mem.m), ErrTooManySessions)
 	}
@@ -573,8 +656,9 @@ func (s *Bolt) createMemSession(sess *Session) error {
 }
 
 // finishMemSession is FinishEnrollment of a session held in memory: the
-// same transaction as for a session in the bucket, minus the bucket; the
-// session is dropped from memory once the transaction committed.
+// same transaction as for a session in the bucket, minus the sessions and
+// completed_sessions buckets; once the transaction committed, the session
+// becomes a tombstone in memory.
 func (s *Bolt) finishMemSession(e *memSession, now time.Time, cert *IssuedCertificate, certVal []byte, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error) {
 	// A concurrent finish of the same session waits here, then finds it
 	// consumed (or still live, if this one failed and wrote nothing).
@@ -591,7 +675,7 @@ func (s *Bolt) finishMemSession(e *memSession, now time.Time, cert *IssuedCertif
 	// transaction, the unchanging session and the pure apply function.
 	err := s.write(func(tx *bolt.Tx) error {
 		out = nil
-		next, err := recordEnrollment(tx, &e.sess, cert, certVal, apply)
+		next, err := recordEnrollment(tx, &e.sess, cert, certVal, apply, false)
 		if err != nil {
 			return err
 		}
@@ -601,7 +685,7 @@ func (s *Bolt) finishMemSession(e *memSession, now time.Time, cert *IssuedCertif
 	if err != nil {
 		return nil, err
 	}
-	s.mem.remove(e)
+	s.mem.complete(e)
 	return out, nil
 }
 

@@ -23,7 +23,9 @@ type Store interface {
 	FinishEnrollment(ctx context.Context, id string, now time.Time, cert *IssuedCertificate, apply func(prev *Device) (*Device, *AuditRecord, error)) (*Device, error)
 	// CompletedSession returns the device ID of a session that
 	// FinishEnrollment consumed, until the session's TTL passes, or
-	// ErrNotFound.
+	// ErrNotFound. A store that keeps sessions in memory may forget it
+	// sooner (a restart; see Options.MemorySessions): the device is then
+	// told to begin again.
 	CompletedSession(ctx context.Context, id string) (string, error)
 	// PurgeExpiredSessions deletes sessions (live and completed) whose TTL
 	// passed at now and returns how many live ones it deleted.
