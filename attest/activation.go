@@ -19,6 +19,8 @@ const activationSymBlockSize = 16
 // (TPM2_MakeCredential, TPM 2.0 Part 1, 24) for the AK under the EK: it
 // runs VerifyAKParameters, then MakeCredential.
 func NewActivationChallenge(rnd io.Reader, ekPub crypto.PublicKey, p goattest.AttestationParameters) (secret []byte, ec *goattest.EncryptedCredential, err error) {
+	// A weak EK is refused before the AK is looked at (MakeCredential
+	// checks it again).
 	if err := checkEKKey(ekPub); err != nil {
 		return nil, nil, err
 	}

@@ -133,6 +133,8 @@ func VerifyAKParameters(p goattest.AttestationParameters) (*AKPublic, error) {
 	if err := ap.CheckAKParameters(); err != nil {
 		return nil, rejectErr(ReasonAKInvalid, err, "checking AK creation parameters")
 	}
+	// CheckAKParameters matched this name to the public area, so it is
+	// present; checked again as MakeCredential depends on it.
 	if att.AttestedCreationInfo == nil || att.AttestedCreationInfo.Name.Digest == nil {
 		return nil, reject(ReasonAKInvalid, "AK creation attestation names no key")
 	}

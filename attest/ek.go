@@ -194,8 +194,10 @@ func VerifyEKCertificate(certDER []byte, ekPub crypto.PublicKey, roots, intermed
 	return info, nil
 }
 
-// validity is the window of the chain (of those that verified) valid the
-// longest: the latest NotBefore and the earliest NotAfter along it.
+// validity is the window of one of the chains that verified: the latest
+// NotBefore and the earliest NotAfter along it. Of several chains it takes
+// the one that stays valid latest. Every chain verified at the time given,
+// so each one's window holds that time.
 func validity(chains [][]*x509.Certificate) (from, until time.Time) {
 	for _, chain := range chains {
 		var f, u time.Time

@@ -193,23 +193,12 @@ func TestVerifyEKCertificate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("with intermediate: %v", err)
 		}
-		// The window is the chain's: the latest NotBefore and the
-		// earliest NotAfter of the leaf, the intermediate and the root.
+		// The window is the chain's: it opens with the leaf (made last)
+		// and closes with the intermediate (valid for an hour only).
 		leaf, _ := x509.ParseCertificate(der)
-		wantFrom, wantUntil := leaf.NotBefore, leaf.NotAfter
-		for _, c := range []*x509.Certificate{inter, f.mfr.Certificate} {
-			if c.NotBefore.After(wantFrom) {
-				wantFrom = c.NotBefore
-			}
-			if c.NotAfter.Before(wantUntil) {
-				wantUntil = c.NotAfter
-			}
-		}
-		if !info.ValidFrom.Equal(wantFrom) || !info.ValidUntil.Equal(wantUntil) {
-			t.Errorf("validity %v..%v, want %v..%v", info.ValidFrom, info.ValidUntil, wantFrom, wantUntil)
-		}
-		if inter.NotAfter.Before(leaf.NotAfter) && !info.ValidUntil.Equal(inter.NotAfter) {
-			t.Errorf("ValidUntil %v is not the intermediate's NotAfter %v, which ends first", info.ValidUntil, inter.NotAfter)
+		if !info.ValidFrom.Equal(leaf.NotBefore) || !info.ValidUntil.Equal(inter.NotAfter) {
+			t.Errorf("validity %v..%v, want the leaf's NotBefore %v to the intermediate's NotAfter %v",
+				info.ValidFrom, info.ValidUntil, leaf.NotBefore, inter.NotAfter)
 		}
 		_, err = attest.VerifyEKCertificate(der, f.ek.Public, f.roots, nil, now)
 		wantReason(t, err, attest.ReasonEKUntrusted)
@@ -241,6 +230,63 @@ func TestVerifyEKCertificate(t *testing.T) {
 			t.Errorf("model = %q", info.Model)
 		}
 	})
+}
+
+// TestVerifyEKCertificateValidityAcrossChains: with two chains (the same
+// intermediate key certified by two roots), the window is that of the
+// chain valid latest, and the certificate verifies at both of its ends.
+func TestVerifyEKCertificateValidityAcrossChains(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	intermediate := func(root string, serial int64, notBefore, notAfter time.Time) *x509.Certificate {
+		r, err := tpmsim.NewManufacturer(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots.AddCert(r.Certificate)
+		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "EK intermediate"},
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+			NotBefore: notBefore, NotAfter: notAfter,
+		}, r.Certificate, &key.PublicKey, r.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inters.AddCert(c)
+		return c
+	}
+	intermediate("short-lived root", 1, now.Add(-2*time.Hour), now.Add(time.Hour))
+	long := intermediate("long-lived root", 2, now.Add(-30*time.Minute), now.AddDate(10, 0, 0))
+	ek, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := (&tpmsim.Manufacturer{Certificate: long, Key: key}).IssueEKCertificate(&ek.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := attest.VerifyEKCertificate(der, &ek.PublicKey, roots, inters, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.ValidFrom.Equal(long.NotBefore) || !info.ValidUntil.Equal(long.NotAfter) {
+		t.Errorf("validity %v..%v, want the long-lived chain's %v..%v", info.ValidFrom, info.ValidUntil, long.NotBefore, long.NotAfter)
+	}
+	for _, at := range []time.Time{info.ValidFrom, info.ValidUntil} {
+		if _, err := attest.VerifyEKCertificate(der, &ek.PublicKey, roots, inters, at); err != nil {
+			t.Errorf("at %v, an end of the window: %v", at, err)
+		}
+	}
+	_, err = attest.VerifyEKCertificate(der, &ek.PublicKey, roots, inters, info.ValidUntil.Add(time.Second))
+	wantReason(t, err, attest.ReasonEKUntrusted)
 }
 
 func TestVerifyEKCertificateRejects(t *testing.T) {

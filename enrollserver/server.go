@@ -68,6 +68,8 @@ type Config struct {
 	Issuer pki.Issuer
 	// ManufacturerRoots are the TPM vendors' EK roots. nil trusts no EK
 	// certificate: only pre-registered devices enroll.
+	// New keeps its own copies: adding to these pools afterwards has no
+	// effect, as the server remembers verdicts made against them.
 	ManufacturerRoots         *x509.CertPool
 	ManufacturerIntermediates *x509.CertPool
 	// LeafLifetime of device certificates; 0 means pki.DefaultLeafLifetime.
@@ -254,6 +256,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ReplayCacheSize == 0 {
 		cfg.ReplayCacheSize = DefaultReplayCacheSize
 	}
+	if cfg.ManufacturerRoots != nil {
+		cfg.ManufacturerRoots = cfg.ManufacturerRoots.Clone()
+	}
+	if cfg.ManufacturerIntermediates != nil {
+		cfg.ManufacturerIntermediates = cfg.ManufacturerIntermediates.Clone()
+	}
 	if cfg.VerdictMemoSize == 0 {
 		cfg.VerdictMemoSize = DefaultVerdictMemoSize
 	}
@@ -322,7 +330,7 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 		CreateAttestation: req.AK.CreateAttestation,
 		CreateSignature:   req.AK.CreateSignature,
 	}
-	secret, ec, err := s.newActivationChallenge(ekPub, akParams)
+	ak, secret, ec, err := s.newActivationChallenge(ekPub, akParams)
 	if err != nil {
 		return nil, s.refuse(err)
 	}
@@ -346,7 +354,7 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 	if err != nil {
 		return nil, err
 	}
-	sess.AKPublic = req.AK.Public
+	sess.AKPublic = ak.TPMPublic // the public area verified, as its bytes
 	sess.PCRs = s.quotePCRs(sess.RequiredPCRs)
 	sess.CreatedAt = now
 	sess.ExpiresAt = now.Add(s.cfg.SessionTTL)

@@ -32,9 +32,10 @@ type ekVerdict struct {
 
 // verifyEKCertificate is attest.VerifyEKCertificate against the server's
 // manufacturer pools, remembered. The verdict depends on the certificate's
-// bytes, the EK (from its TPMT_PUBLIC bytes, both in the key), the pools
-// (fixed for the server's life) and the time, which a remembered verdict
-// is used only within the window of. It returns the certificate's issuer.
+// bytes, the EK (its PKIX DER, from which ekPub was parsed; both in the
+// key), the pools (New keeps its own copies, so they are fixed for the
+// server's life) and the time, which a remembered verdict is used only
+// within the window of. It returns the certificate's issuer.
 func (s *Server) verifyEKCertificate(certDER, ekPublic []byte, ekPub crypto.PublicKey, now time.Time) (string, error) {
 	k := newMemoKey("edgeenroll EK certificate verdict v1")
 	k.bytes(certDER)
@@ -55,11 +56,13 @@ func (s *Server) verifyEKCertificate(certDER, ekPublic []byte, ekPub crypto.Publ
 }
 
 // newActivationChallenge is attest.NewActivationChallenge with the AK's
-// creation verdict (attest.VerifyAKParameters) remembered. That verdict is
+// creation verdict (attest.VerifyAKParameters) remembered; it also returns
+// the verified AK, whose public area is what the session records. That
+// verdict is
 // a function of the four blobs and the format flag alone, all in the key;
 // MakeCredential runs
 // every time, with a fresh secret.
-func (s *Server) newActivationChallenge(ekPub crypto.PublicKey, p goattest.AttestationParameters) ([]byte, *goattest.EncryptedCredential, error) {
+func (s *Server) newActivationChallenge(ekPub crypto.PublicKey, p goattest.AttestationParameters) (*attest.AKPublic, []byte, *goattest.EncryptedCredential, error) {
 	k := newMemoKey("edgeenroll AK creation verdict v1")
 	for _, b := range [][]byte{p.Public, p.CreateData, p.CreateAttestation, p.CreateSignature} {
 		k.bytes(b)
@@ -75,9 +78,10 @@ func (s *Server) newActivationChallenge(ekPub crypto.PublicKey, p goattest.Attes
 		s.metrics.verdicts.WithLabelValues("ak_creation", "miss").Inc()
 		var err error
 		if ak, err = attest.VerifyAKParameters(p); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		s.akVerdicts.add(key, ak)
 	}
-	return attest.MakeCredential(s.cfg.Rand, ekPub, ak)
+	secret, ec, err := attest.MakeCredential(s.cfg.Rand, ekPub, ak)
+	return ak, secret, ec, err
 }

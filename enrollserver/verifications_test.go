@@ -2,6 +2,9 @@ package enrollserver_test
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"testing"
 	"time"
 
@@ -93,4 +96,86 @@ func TestVerdictMemoOff(t *testing.T) {
 	e.begin(d)
 	e.begin(d)
 	wantVerdictLookups(t, e, map[string]float64{"ak_creation/miss": 2, "ek_certificate/miss": 2})
+}
+
+// TestVerdictMemoKeyCoversEveryInput: once a device's verdicts are
+// remembered, evidence that differs in any one input the verifications read
+// is verified in full, and refused when it does not hold: a genuine EK
+// certificate (public data) with another EK, another public area under the
+// remembered AK creation blobs (a key that is not restricted), and each
+// creation blob altered.
+func TestVerdictMemoKeyCoversEveryInput(t *testing.T) {
+	e := newEnv(t)
+	d := newDevice(t, e.mfr)
+	e.begin(d)
+	key, err := d.tpm.LoadKey(d.keyBlob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notRestricted := key.CertificationParameters().Public
+	key.Close()
+	attacker, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherEK, err := x509.MarshalPKIXPublicKey(&attacker.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := func(b []byte, i int) []byte {
+		b = bytes.Clone(b)
+		b[i] ^= 1
+		return b
+	}
+	flipLast := func(b []byte) []byte { return flip(b, len(b)-1) }
+	tests := []struct {
+		name   string
+		change func(*api.BeginRequest)
+		want   api.Code
+	}{
+		{"EK certificate", func(r *api.BeginRequest) { r.EKCertificate = flipLast(r.EKCertificate) }, api.CodeEKUntrusted},
+		{"another EK", func(r *api.BeginRequest) { r.EKPublic = otherEK }, api.CodeEKUntrusted},
+		{"AK public area", func(r *api.BeginRequest) { r.AK.Public = notRestricted }, api.CodeAKInvalid},
+		// A byte of the PCR digest: the creation hash no longer matches.
+		{"AK creation data", func(r *api.BeginRequest) { r.AK.CreateData = flip(r.AK.CreateData, 20) }, api.CodeAKInvalid},
+		// A byte of the attested name: it no longer names this key.
+		{"AK creation attestation", func(r *api.BeginRequest) { r.AK.CreateAttestation = flipLast(r.AK.CreateAttestation) }, api.CodeAKInvalid},
+		{"AK creation signature", func(r *api.BeginRequest) { r.AK.CreateSignature = flipLast(r.AK.CreateSignature) }, api.CodeAKInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := d.begin()
+			tc.change(req)
+			var br api.BeginResponse
+			err := e.post(api.PathBegin, req, &br)
+			wantCode(t, err, tc.want)
+		})
+	}
+	// The unchanged evidence still enrolls, from the remembered verdicts.
+	br := e.begin(d)
+	var fr api.FinishResponse
+	if err := e.post(api.PathFinish, d.finish(br, br.Nonce), &fr); err != nil {
+		t.Fatalf("finish: %v", err)
+	}
+}
+
+// TestVerdictMemoConcurrent: begins sharing remembered verdicts at once
+// (run with -race).
+func TestVerdictMemoConcurrent(t *testing.T) {
+	e := newEnv(t)
+	d := newDevice(t, e.mfr)
+	e.begin(d)
+	errs := make(chan error, 8)
+	for range 8 {
+		req := d.begin()
+		go func() {
+			var br api.BeginResponse
+			errs <- e.post(api.PathBegin, req, &br)
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }

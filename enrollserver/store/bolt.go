@@ -249,6 +249,9 @@ func (s *Bolt) FinishEnrollment(ctx context.Context, id string, now time.Time, c
 		if e := s.mem.get(id); e != nil {
 			return s.finishMemSession(e, now, cert, certVal, apply)
 		}
+		if _, done := s.mem.completed(id); done {
+			return nil, ErrSessionUsed
+		}
 	}
 	var out *Device
 	// Batch may run the closure more than once: it only reads the
@@ -554,6 +557,7 @@ func (h *tombstones) Push(x any)        { *h = append(*h, x.(tombstone)) }
 func (h *tombstones) Pop() any {
 	old := *h
 	x := old[len(old)-1]
+	old[len(old)-1] = tombstone{}
 	*h = old[:len(old)-1]
 	return x
 }

@@ -24,8 +24,8 @@ type Store interface {
 	// CompletedSession returns the device ID of a session that
 	// FinishEnrollment consumed, until the session's TTL passes, or
 	// ErrNotFound. A store that keeps sessions in memory may forget it
-	// sooner (a restart; see Options.MemorySessions): the device is then
-	// told to begin again.
+	// sooner (at a restart, or past its bound on finished sessions; see
+	// Options.MemorySessions): the device is then told to begin again.
 	CompletedSession(ctx context.Context, id string) (string, error)
 	// PurgeExpiredSessions deletes sessions (live and completed) whose TTL
 	// passed at now and returns how many live ones it deleted.
