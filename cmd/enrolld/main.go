@@ -99,6 +99,7 @@ func serveCmd() *cobra.Command {
 	fl.Int64Var(&memLimitMiB, "memory-limit-mib", defaultMemoryLimitMiB, "soft memory limit of the Go runtime in MiB (as GOMEMLIMIT, which applies when this flag is not given; 0: none): past it the collector runs more often rather than let the heap grow; a boot storm's open connections are what it bounds")
 	fl.IntVar(&gcPercent, "gogc", defaultGOGC, "Go GC target percentage (as GOGC, which applies when this flag is not given; -1 turns the collector off): the heap may grow this much beyond the live heap between collections. 400 (the default) spends ~2% of the CPU on GC instead of ~10% at Go's 100, for ~20 MiB more RSS under load")
 	fl.BoolVar(&cfg.DurableSessions, "durable-sessions", false, "keep begun, unfinished enrollment sessions in the store file (an fsync at every begin) instead of in memory; in memory, devices caught between begin and finish by a restart begin again (finished enrollments are always durable)")
+	verdicts := fl.Int("verdict-memo", enrollserver.DefaultVerdictMemoSize, "EK certificate and AK creation verdicts remembered, of each, so a device attesting again with the same evidence (a renewal) is not verified twice for the same bytes (~0.9 KiB per device); 0 remembers none")
 	http2 := fl.Bool("http2", false, "offer HTTP/2 (ALPN h2) besides HTTP/1.1. Off by default: a device keeps one connection for begin and finish either way, and HTTP/2 connection setup costs 0.1-0.2 ms of server CPU per enrollment")
 	fl.StringVar(&cfg.TLSKeyExchange, "tls-key-exchange", daemon.TLSKeyExchangeHybrid, "TLS 1.3 key exchange: hybrid (post-quantum X25519MLKEM768 preferred, X25519 and NIST curves accepted), x25519 (no post-quantum hybrid: ~115-150 µs less server CPU per full handshake), or p256 (P-256 only; Go clients need a HelloRetryRequest)")
 	fl.StringVar(&cfg.PprofListen, "pprof-listen", "", "serve Go runtime profiles (net/http/pprof, plain HTTP, no authentication) on this loopback address, e.g. 127.0.0.1:6060; off by default")
@@ -121,7 +122,13 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&cfg.Store.CAFile, "etcd-ca", "", "PEM CA of the etcd members' certificates (etcds://; default the system roots)")
 	fl.StringVar(&cfg.Store.CertFile, "etcd-cert", "", "PEM client certificate enrolld presents to etcd (etcds://)")
 	fl.StringVar(&cfg.Store.KeyFile, "etcd-key", "", "PEM key of --etcd-cert")
-	cmd.PreRun = func(*cobra.Command, []string) { cfg.OpenMode, cfg.DisableHTTP2 = !*closed, !*http2 }
+	cmd.PreRun = func(*cobra.Command, []string) {
+		cfg.OpenMode, cfg.DisableHTTP2 = !*closed, !*http2
+		cfg.VerdictMemoSize = *verdicts
+		if *verdicts <= 0 {
+			cfg.VerdictMemoSize = -1 // none, where the server's 0 means its default
+		}
+	}
 	return cmd
 }
 

@@ -90,6 +90,9 @@ type Config struct {
 	// does a device repeating a finish whose answer it lost; no finished
 	// enrollment is lost either way.
 	DurableSessions bool
+	// VerdictMemoSize is enrollserver.Config.VerdictMemoSize: 0 means its
+	// default, a negative value remembers no verdicts.
+	VerdictMemoSize int
 	// Admission bounds enrollment work (begin, finish) over HTTPS and
 	// MQTT together: slots, queue, per-client rate limits (zero fields:
 	// the admission package's defaults).
@@ -195,7 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Bundles:      enrollserver.StaticBundle{Version: version, Config: bundleCfg},
 		DefaultGroup: cfg.DefaultGroup, DefaultAdmission: cfg.DefaultAdmission, OpenMode: cfg.OpenMode,
 		MaxPending: cfg.MaxPending, PendingTTL: cfg.PendingTTL, PendingRetryAfter: cfg.PendingRetryAfter,
-		CRLLifetime: cfg.CRLLifetime, PCRs: cfg.PCRs,
+		CRLLifetime: cfg.CRLLifetime, PCRs: cfg.PCRs, VerdictMemoSize: cfg.VerdictMemoSize,
 		OnCRL: func(der []byte) error {
 			return atomicfile.Write(CRLPath(cfg.DataDir), der, 0o644)
 		},
