@@ -40,8 +40,8 @@ type BenchConfig struct {
 	StorePIDs []int
 	// MQTTDeviceURL is the broker listener for device-certificate
 	// connections when it differs from the bootstrap one (mosquitto);
-	// "" means ServerURL. The bench's devices never present a device
-	// certificate (see Bench), so it only reaches the transport.
+	// "" means ServerURL; renewals connect to it with their device
+	// certificate (see Bench).
 	MQTTDeviceURL string
 	// RootCAFile is the enrollment root (PEM) the server's CA created.
 	RootCAFile string
@@ -101,9 +101,10 @@ func serverTransport(raw string) (*url.URL, string, error) {
 // answers arrive sealed and are opened with sealing.Key(activation secret,
 // session ID), the secret coming from the simulated TPM's activation. The
 // renew phase is, as over HTTPS, a second full attestation through begin
-// and finish; over MQTT it also runs on the bootstrap identity, since a
-// device's TPM key lives in a worker's simulator and cannot sign a TLS
-// handshake in this process (so the broker's mTLS path is not measured).
+// and finish, made as an agent makes it: presenting the certificate the
+// device was issued in the enroll phase over mutual TLS (over MQTT, on the
+// device listener under its device ID), its handshake signed in the
+// worker's TPM (Certificates).
 func Bench(ctx context.Context, cfg BenchConfig) (*Report, error) {
 	env, err := setupBench(ctx, &cfg, append([]string{cfg.ServerURL}, cfg.MoreServerURLs...), cfg.Devices)
 	if err != nil {
@@ -219,6 +220,8 @@ func (env *benchEnv) run(ctx context.Context, cfg *BenchConfig, serverURL string
 	run := cfg.Run
 	name := serverURL
 	run.StorePIDs = cfg.StorePIDs
+	certs := NewCertificates(env.pool)
+	run.Certificates = certs
 	if len(cfg.MoreServerURLs) > 0 {
 		if transport != TransportHTTPS {
 			return nil, errors.New("loadgen: several servers are measured over HTTPS only")
@@ -240,8 +243,8 @@ func (env *benchEnv) run(ctx context.Context, cfg *BenchConfig, serverURL string
 			run.Transport = func(id *Identity) (device.Transport, error) {
 				i := id.Index % len(urls)
 				return SplitTransport{
-					BeginOn:  device.NewHTTPSTransport(urls[i], roots, noCertificate{}),
-					FinishOn: device.NewHTTPSTransport(urls[(i+1)%len(urls)], roots, noCertificate{}),
+					BeginOn:  device.NewHTTPSTransport(urls[i], roots, certs.For(id)),
+					FinishOn: device.NewHTTPSTransport(urls[(i+1)%len(urls)], roots, certs.For(id)),
 				}, nil
 			}
 		}
@@ -258,13 +261,13 @@ func (env *benchEnv) run(ctx context.Context, cfg *BenchConfig, serverURL string
 		roots := env.roots
 		switch transport {
 		case TransportHTTPS:
-			run.Transport = func(*Identity) (device.Transport, error) {
-				return device.NewHTTPSTransport(serverURL, roots, noCertificate{}), nil
+			run.Transport = func(id *Identity) (device.Transport, error) {
+				return device.NewHTTPSTransport(serverURL, roots, certs.For(id)), nil
 			}
 		case TransportMQTT:
 			devURL := cfg.MQTTDeviceURL
-			run.Transport = func(*Identity) (device.Transport, error) {
-				return device.NewMQTTTransport(serverURL, devURL, roots, noCertificate{})
+			run.Transport = func(id *Identity) (device.Transport, error) {
+				return device.NewMQTTTransport(serverURL, devURL, roots, certs.For(id))
 			}
 		}
 	}
@@ -275,13 +278,6 @@ func (env *benchEnv) run(ctx context.Context, cfg *BenchConfig, serverURL string
 		rep.Setup.TLS = env.tls[serverURL]
 	}
 	return rep, err
-}
-
-// noCertificate is the certificate source of a device that only enrolls.
-type noCertificate struct{}
-
-func (noCertificate) TLSCertificate() (*tls.Certificate, error) {
-	return nil, errors.New("enroll-bench devices make no mTLS calls")
 }
 
 // loopbackServerPID finds the process listening on the URL's port, only

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -311,6 +312,18 @@ func (p *Pool) Answer(ctx context.Context, id *Identity, br *api.BeginResponse) 
 		return nil, errors.New("worker returned no answer")
 	}
 	return &Answer{Finish: resp.Finish, Secret: resp.Secret, TPM: time.Duration(resp.TPMNanos)}, nil
+}
+
+// Sign implements Answerer.
+func (p *Pool) Sign(ctx context.Context, id *Identity, digest []byte, hash crypto.Hash) ([]byte, error) {
+	resp, err := p.do(ctx, &workerRequest{Op: opSign, Identity: id, Digest: digest, Hash: hash})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Sig) == 0 {
+		return nil, errors.New("worker returned no signature")
+	}
+	return resp.Sig, nil
 }
 
 // PIDs are the workers' process IDs, for CPU accounting.

@@ -282,3 +282,22 @@ func (p *Prover) Answer(id *Identity, br *api.BeginResponse) (_ *api.FinishReque
 		CSR:             csr,
 	}, secret, nil
 }
+
+// Sign signs digest with id's TPM key, in the TPM, as a device signs its
+// side of a mutual TLS handshake with the key its certificate is for.
+func (p *Prover) Sign(id *Identity, digest []byte, hash crypto.Hash) ([]byte, error) {
+	key, err := p.tpm.LoadKey(id.KeyBlob)
+	if err != nil {
+		return nil, fmt.Errorf("device %d: loading the TPM key: %w", id.Index, err)
+	}
+	defer key.Close()
+	priv, err := key.Private(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("device %d: opening the TPM key: %w", id.Index, err)
+	}
+	signer, ok := priv.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("device %d: TPM key is a %T, not a signer", id.Index, priv)
+	}
+	return signer.Sign(rand.Reader, digest, hash)
+}

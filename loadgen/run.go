@@ -79,7 +79,11 @@ type Config struct {
 	Ramp time.Duration
 	// Renew adds a second phase: every device attests again.
 	Renew bool
-	Retry RetryPolicy
+	// Certificates, if set, receives each device's certificate when it
+	// enrolls (see Certificates.For): transports built with it present the
+	// certificate on the renew phase's calls, as an agent does.
+	Certificates *Certificates
+	Retry        RetryPolicy
 	// PhaseTimeout bounds each phase; 0 means 10 minutes.
 	PhaseTimeout time.Duration
 	// RequestTimeout bounds each request; 0 means 30 s.
@@ -399,6 +403,11 @@ func (cfg *Config) runDevice(ctx context.Context, id *Identity, r *deviceResult,
 			r.finishes = append(r.finishes, time.Since(t2))
 			if cfg.Verify {
 				if err := cfg.verify(id, answer, fr); err != nil {
+					return classified{CodeVerify, err}
+				}
+			}
+			if cfg.Certificates != nil {
+				if err := cfg.Certificates.put(id, fr.CertificateChain); err != nil {
 					return classified{CodeVerify, err}
 				}
 			}

@@ -2,6 +2,9 @@ package loadgen_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -13,8 +16,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device"
@@ -96,6 +102,25 @@ func TestPool(t *testing.T) {
 	}
 	answerAll()
 
+	// A device's TPM key signs through the pool (a renewal's TLS
+	// handshake), verifiably for the key it certified.
+	digest := sha256.Sum256([]byte("tls 1.3 certificate verify"))
+	sig, err := pool.Sign(ctx, ids[0], digest[:], crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPub, err := tpm2.DecodePublic(ids[0].Key.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := keyPub.Key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest[:], sig) {
+		t.Error("the pool's signature does not verify with the device's TPM key")
+	}
+
 	// One worker dies: the other serves every device.
 	p, err := os.FindProcess(pool.PIDs()[0])
 	if err != nil {
@@ -111,6 +136,9 @@ func TestPool(t *testing.T) {
 type testServer struct {
 	url   string
 	roots *x509.CertPool
+	// mtls counts connections on which a device presented a certificate
+	// that verified.
+	mtls atomic.Int64
 }
 
 func startServer(t *testing.T, mfr *tpmsim.Manufacturer) *testServer {
@@ -134,10 +162,19 @@ func startServer(t *testing.T, mfr *tpmsim.Manufacturer) *testServer {
 		t.Fatal(err)
 	}
 	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{}))
-	ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}}
+	s := &testServer{roots: ca.RootPool()}
+	ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert},
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.RootPool(),
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.VerifiedChains) > 0 {
+				s.mtls.Add(1)
+			}
+			return nil
+		}}
 	ts.StartTLS()
 	t.Cleanup(ts.Close)
-	return &testServer{url: ts.URL, roots: ca.RootPool()}
+	s.url = ts.URL
+	return s
 }
 
 // flaky fails each device's first begin with a transient error.
@@ -173,10 +210,11 @@ func TestRun(t *testing.T) {
 
 	run := func(t *testing.T, s *testServer, renew bool, wrap func(device.Transport) device.Transport) *loadgen.Report {
 		t.Helper()
+		certs := loadgen.NewCertificates(prover)
 		rep, err := loadgen.Run(context.Background(), loadgen.Config{
-			Identities: ids, Prover: prover, TransportName: "https",
-			Transport: func(*loadgen.Identity) (device.Transport, error) {
-				tr := device.NewHTTPSTransport(s.url, s.roots, nil)
+			Identities: ids, Prover: prover, TransportName: "https", Certificates: certs,
+			Transport: func(id *loadgen.Identity) (device.Transport, error) {
+				tr := device.NewHTTPSTransport(s.url, s.roots, certs.For(id))
 				if wrap != nil {
 					tr = wrap(tr)
 				}
@@ -193,7 +231,13 @@ func TestRun(t *testing.T) {
 	}
 
 	t.Run("enroll and renew", func(t *testing.T) {
-		rep := run(t, startServer(t, mfr), true, nil)
+		s := startServer(t, mfr)
+		rep := run(t, s, true, nil)
+		// Renewals present the certificate the enrollment issued, signed
+		// in the TPM, as an agent does; enrollments present none.
+		if got := s.mtls.Load(); got != n {
+			t.Errorf("%d connections presented a device certificate, want one per renewal (%d)", got, n)
+		}
 		if len(rep.Phases) != 2 || rep.Phases[0].Name != loadgen.PhaseEnroll || rep.Phases[1].Name != loadgen.PhaseRenew {
 			t.Fatalf("phases %+v", rep.Phases)
 		}

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,8 @@ type Answerer interface {
 	NewIdentity(ctx context.Context, index int, nonce []byte) (*Identity, error)
 	// Answer runs the TPM half of an enrollment for id.
 	Answer(ctx context.Context, id *Identity, br *api.BeginResponse) (*Answer, error)
+	// Sign signs digest (of hash) with id's TPM key.
+	Sign(ctx context.Context, id *Identity, digest []byte, hash crypto.Hash) ([]byte, error)
 }
 
 // Answer is the device's answer to a begin.
@@ -66,6 +69,16 @@ func (l *LocalProver) Answer(ctx context.Context, id *Identity, br *api.BeginRes
 	return &Answer{Finish: f, Secret: secret, TPM: time.Since(start)}, nil
 }
 
+// Sign implements Answerer.
+func (l *LocalProver) Sign(ctx context.Context, id *Identity, digest []byte, hash crypto.Hash) ([]byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return l.P.Sign(id, digest, hash)
+}
+
 // The worker protocol: the parent writes request frames to the worker's
 // stdin and reads response frames from its stdout. A frame is the magic
 // bytes "EB", a big-endian uint32 length, and that many bytes of JSON. The
@@ -82,6 +95,7 @@ const (
 const (
 	opIdentity = "identity"
 	opAnswer   = "answer"
+	opSign     = "sign"
 )
 
 // workerConfig is the first frame a worker reads.
@@ -97,6 +111,8 @@ type workerRequest struct {
 	Nonce    []byte             `json:"nonce,omitempty"`
 	Identity *Identity          `json:"identity,omitempty"`
 	Begin    *api.BeginResponse `json:"begin,omitempty"`
+	Digest   []byte             `json:"digest,omitempty"`
+	Hash     crypto.Hash        `json:"hash,omitempty"`
 }
 
 type workerResponse struct {
@@ -106,6 +122,7 @@ type workerResponse struct {
 	Identity *Identity          `json:"identity,omitempty"`
 	Finish   *api.FinishRequest `json:"finish,omitempty"`
 	Secret   []byte             `json:"secret,omitempty"`
+	Sig      []byte             `json:"sig,omitempty"`
 	// TPMNanos is the time spent serving the request in the TPM.
 	TPMNanos int64 `json:"tpm_ns,omitempty"`
 }
@@ -194,6 +211,8 @@ func ServeWorker(in io.Reader, out io.Writer) error {
 			resp.Identity, err = p.NewIdentity(req.Index, req.Nonce)
 		case req.Op == opAnswer && req.Identity != nil && req.Begin != nil:
 			resp.Finish, resp.Secret, err = p.Answer(req.Identity, req.Begin)
+		case req.Op == opSign && req.Identity != nil && len(req.Digest) > 0:
+			resp.Sig, err = p.Sign(req.Identity, req.Digest, req.Hash)
 		default:
 			err = fmt.Errorf("unknown or incomplete request %q", req.Op)
 		}
