@@ -93,20 +93,7 @@ func Compare(ctx context.Context, cc CompareConfig) (*Comparison, error) {
 	var https, mqtt *TransportResult
 	for i := range cmp.Results {
 		res := &cmp.Results[i]
-		var rate, renew, cpu, p99 []float64
-		for _, rep := range res.Runs {
-			rate = append(rate, rep.EnrollmentsPerSecond)
-			renew = append(renew, rep.RenewalsPerSecond)
-			cpu = append(cpu, rep.ServerCPUMsPerEnrollment)
-			for _, p := range rep.Phases {
-				res.Failed += p.Failed
-				if p.Name == PhaseEnroll {
-					p99 = append(p99, p.Enrollment.P99)
-				}
-			}
-		}
-		res.EnrollmentsPerSecond, res.RenewalsPerSecond = median(rate), median(renew)
-		res.ServerCPUMsPerEnrollment, res.EnrollmentP99Ms = median(cpu), median(p99)
+		res.summarize()
 		switch {
 		case res.Transport == TransportHTTPS && https == nil:
 			https = res
@@ -165,4 +152,23 @@ func (c *Comparison) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "\nMQTT/HTTPS (medians): enrollments/s %.2f (target >= 0.80), server CPU per enrollment %.2f\n",
 			c.MQTTOverHTTPS, c.CPUMQTTOverHTTPS)
 	}
+}
+
+// summarize fills r's medians and failure count from its runs.
+func (r *TransportResult) summarize() {
+	var rate, renew, cpu, p99 []float64
+	r.Failed = 0
+	for _, rep := range r.Runs {
+		rate = append(rate, rep.EnrollmentsPerSecond)
+		renew = append(renew, rep.RenewalsPerSecond)
+		cpu = append(cpu, rep.ServerCPUMsPerEnrollment)
+		for _, p := range rep.Phases {
+			r.Failed += p.Failed
+			if p.Name == PhaseEnroll {
+				p99 = append(p99, p.Enrollment.P99)
+			}
+		}
+	}
+	r.EnrollmentsPerSecond, r.RenewalsPerSecond = median(rate), median(renew)
+	r.ServerCPUMsPerEnrollment, r.EnrollmentP99Ms = median(cpu), median(p99)
 }

@@ -103,20 +103,7 @@ func CompareStepCA(ctx context.Context, cfg BenchConfig, sc StepCAConfig, rounds
 	}
 
 	o := &cmp.Ours
-	var rate, renew, cpu, p99 []float64
-	for _, rep := range o.Runs {
-		rate = append(rate, rep.EnrollmentsPerSecond)
-		renew = append(renew, rep.RenewalsPerSecond)
-		cpu = append(cpu, rep.ServerCPUMsPerEnrollment)
-		for _, p := range rep.Phases {
-			o.Failed += p.Failed
-			if p.Name == PhaseEnroll {
-				p99 = append(p99, p.Enrollment.P99)
-			}
-		}
-	}
-	o.EnrollmentsPerSecond, o.RenewalsPerSecond = median(rate), median(renew)
-	o.ServerCPUMsPerEnrollment, o.EnrollmentP99Ms = median(cpu), median(p99)
+	o.summarize()
 	if res.Skipped == "" {
 		res.summarize()
 		if res.SignsPerSecond > 0 {
