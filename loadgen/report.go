@@ -3,7 +3,9 @@ package loadgen
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
+	"time"
 )
 
 // Report is the outcome of a Run, as enroll-bench prints it (-o json).
@@ -134,6 +136,17 @@ type ProcessReport struct {
 	RSSEndBytes       uint64  `json:"rss_end_bytes,omitempty"`
 	// PeakRSSBytes is VmHWM: the highest RSS since the process started.
 	PeakRSSBytes uint64 `json:"peak_rss_bytes,omitempty"`
+}
+
+// cpuReport is the CPU part of a ProcessReport: pids spent cpu on ops
+// successful operations.
+func cpuReport(pids []int, cpu time.Duration, ops int) ProcessReport {
+	perOp := cpu.Seconds() * 1000 / float64(max(ops, 1))
+	r := ProcessReport{PIDs: pids, CPUSeconds: round3(cpu.Seconds()), CPUMsPerOp: round3(perOp)}
+	if r.CPUMsPerOp > 0 {
+		r.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / perOp)
+	}
+	return r
 }
 
 // WriteText prints r for a person.

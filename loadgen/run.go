@@ -275,34 +275,22 @@ func runPhase(ctx context.Context, cfg *Config, name string) (*PhaseReport, erro
 	rssMax := rss.Stop()
 
 	p := summarizePhase(name, results, elapsed)
-	ops := float64(max(p.Succeeded, 1))
-	p.DeviceSide = ProcessReport{
-		PIDs:              append([]int{os.Getpid()}, cfg.DevicePIDs...),
-		CPUSeconds:        round3((after.devices - before.devices).Seconds()),
-		CPUMsPerOp:        round3((after.devices - before.devices).Seconds() * 1000 / ops),
-		WorkersCPUMsPerOp: round3((after.workers - before.workers).Seconds() * 1000 / ops),
-	}
-	if p.DeviceSide.CPUMsPerOp > 0 {
-		p.DeviceSide.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / p.DeviceSide.CPUMsPerOp)
-	}
+	p.DeviceSide = cpuReport(append([]int{os.Getpid()}, cfg.DevicePIDs...), after.devices-before.devices, p.Succeeded)
+	p.DeviceSide.WorkersCPUMsPerOp = cpuReport(nil, after.workers-before.workers, p.Succeeded).CPUMsPerOp
 	if dt := after.total - before.total; dt > 0 {
 		p.MachineBusy = round3(float64(after.busy-before.busy) / float64(dt))
 	}
 	if before.serverOK && after.serverOK {
-		cpu := (after.server - before.server).Seconds()
-		sp := &ProcessReport{PIDs: cfg.serverPIDs(), CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax}
-		if sp.CPUMsPerOp > 0 {
-			sp.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / sp.CPUMsPerOp)
-		}
+		sp := cpuReport(cfg.serverPIDs(), after.server-before.server, p.Succeeded)
+		sp.RSSMaxBytes = rssMax
 		sp.RSSEndBytes, sp.PeakRSSBytes = sumMemory(cfg.serverPIDs())
 		sp.RSSMaxBytes = max(sp.RSSMaxBytes, sp.RSSEndBytes)
-		p.Server = sp
+		p.Server = &sp
 	}
 	if before.storeOK && after.storeOK {
-		cpu := (after.store - before.store).Seconds()
-		st := &ProcessReport{PIDs: cfg.StorePIDs, CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops)}
+		st := cpuReport(cfg.StorePIDs, after.store-before.store, p.Succeeded)
 		st.RSSEndBytes, st.PeakRSSBytes = sumMemory(cfg.StorePIDs)
-		p.Store = st
+		p.Store = &st
 	}
 	return p, nil
 }

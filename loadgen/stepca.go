@@ -409,27 +409,16 @@ func (c *StepCA) runPhase(ctx context.Context, sl *StepCALoad, devs []stepCADevi
 	p.PerSecond = round3(float64(p.Succeeded) / elapsed.Seconds())
 	p.Sign, p.Verify, p.TimeToReady, p.StartDelay = Summarize(sign), Summarize(verify), Summarize(ttr), Summarize(startDelay)
 
-	ops := float64(max(p.Succeeded, 1))
-	p.ClientSide = ProcessReport{
-		PIDs:       []int{os.Getpid()},
-		CPUSeconds: round3((after.client - before.client).Seconds()),
-		CPUMsPerOp: round3((after.client - before.client).Seconds() * 1000 / ops),
-	}
-	if p.ClientSide.CPUMsPerOp > 0 {
-		p.ClientSide.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / p.ClientSide.CPUMsPerOp)
-	}
+	p.ClientSide = cpuReport([]int{os.Getpid()}, after.client-before.client, p.Succeeded)
 	if dt := after.total - before.total; dt > 0 {
 		p.MachineBusy = round3(float64(after.busy-before.busy) / float64(dt))
 	}
 	if before.serverOK && after.serverOK {
-		cpu := (after.server - before.server).Seconds()
-		sp := &ProcessReport{PIDs: []int{c.Info.PID}, CPUSeconds: round3(cpu), CPUMsPerOp: round3(cpu * 1000 / ops), RSSMaxBytes: rssMax}
-		if sp.CPUMsPerOp > 0 {
-			sp.CapacityPerSecond = round3(float64(runtime.NumCPU()) * 1000 / sp.CPUMsPerOp)
-		}
+		sp := cpuReport([]int{c.Info.PID}, after.server-before.server, p.Succeeded)
+		sp.RSSMaxBytes = rssMax
 		sp.RSSEndBytes, sp.PeakRSSBytes, _ = ProcessMemory(c.Info.PID)
 		sp.RSSMaxBytes = max(sp.RSSMaxBytes, sp.RSSEndBytes)
-		p.Server = sp
+		p.Server = &sp
 	}
 	return p, nil
 }
