@@ -168,26 +168,11 @@ func writeStepCAFiles(c *StepCA, dir, db string) (*stepCAFiles, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	root, err := stepCACert(&x509util.Certificate{
-		Subject:          x509util.Subject{CommonName: "enroll-bench step-ca Root CA"},
-		NotBefore:        now.Add(-time.Minute),
-		NotAfter:         now.Add(30 * 24 * time.Hour),
-		KeyUsage:         x509util.KeyUsage(x509.KeyUsageCertSign | x509.KeyUsageCRLSign),
-		BasicConstraints: &x509util.BasicConstraints{IsCA: true, MaxPathLen: 1},
-		PublicKey:        rootKey.Public(),
-	}, nil, rootKey)
+	root, err := stepCACert("enroll-bench step-ca Root CA", 1, rootKey.Public(), nil, rootKey)
 	if err != nil {
 		return nil, err
 	}
-	inter, err := stepCACert(&x509util.Certificate{
-		Subject:          x509util.Subject{CommonName: "enroll-bench step-ca Intermediate CA"},
-		NotBefore:        now.Add(-time.Minute),
-		NotAfter:         now.Add(30 * 24 * time.Hour),
-		KeyUsage:         x509util.KeyUsage(x509.KeyUsageCertSign | x509.KeyUsageCRLSign),
-		BasicConstraints: &x509util.BasicConstraints{IsCA: true, MaxPathLen: 0},
-		PublicKey:        interKey.Public(),
-	}, root, rootKey)
+	inter, err := stepCACert("enroll-bench step-ca Intermediate CA", 0, interKey.Public(), root, rootKey)
 	if err != nil {
 		return nil, err
 	}
@@ -423,12 +408,23 @@ func (c *StepCA) token(deviceID string, csrDER []byte, now time.Time, lifetime t
 	return jws.CompactSerialize()
 }
 
-func stepCACert(tmpl *x509util.Certificate, parent *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
+// stepCACert makes a CA certificate named name for pub, valid for 30 days,
+// signed by parent's key (self-signed when parent is nil).
+func stepCACert(name string, maxPathLen int, pub crypto.PublicKey, parent *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
+	now := time.Now()
+	tmpl := &x509util.Certificate{
+		Subject:          x509util.Subject{CommonName: name},
+		NotBefore:        now.Add(-time.Minute),
+		NotAfter:         now.Add(30 * 24 * time.Hour),
+		KeyUsage:         x509util.KeyUsage(x509.KeyUsageCertSign | x509.KeyUsageCRLSign),
+		BasicConstraints: &x509util.BasicConstraints{IsCA: true, MaxPathLen: maxPathLen},
+		PublicKey:        pub,
+	}
 	t := tmpl.GetCertificate()
 	if parent == nil {
 		parent = t
 	}
-	return x509util.CreateCertificate(t, parent, tmpl.PublicKey, key)
+	return x509util.CreateCertificate(t, parent, pub, key)
 }
 
 func writeStepCAPEM(path string, v any, opts ...pemutil.Options) error {
