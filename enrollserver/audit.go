@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
@@ -142,8 +143,19 @@ func (s *Server) RecordRefusal(ctx context.Context, call *Call, action, target s
 	s.auditRefusal(ctx, call, action, target, err)
 }
 
-// auditRefusal appends a refused call to the audit log, within the refusal
-// rate limit.
+// Bounds of what a refused admin call writes into the audit log: the
+// action and target come from the request's path, which an unauthenticated
+// client chooses.
+const (
+	maxAuditActionLen = 64
+	maxAuditTargetLen = 256
+)
+
+// auditRefusal appends a refused call to the audit log. A refusal of an
+// authenticated operator is always recorded (holding a credential bounds
+// it, and a privilege escalation attempt must not go unseen); any other
+// caller's is within its own rate limit (adminRefusal), so that no flood of
+// anonymous calls can suppress the records of operators or of devices.
 func (s *Server) auditRefusal(ctx context.Context, call *Call, action, target string, err error) {
 	code, msg := api.CodeInternal, err.Error()
 	var ae *api.Error
@@ -154,24 +166,48 @@ func (s *Server) auditRefusal(ctx context.Context, call *Call, action, target st
 	if code == api.CodeInternal || code == api.CodeUnavailable {
 		outcome = "error"
 	}
-	s.appendLimited(ctx, &store.AuditRecord{Time: s.cfg.Now(), ActorKind: call.Principal.Kind, ActorName: call.Principal.Name,
-		ActorRole: string(call.Principal.Role), Action: action, Target: target, Outcome: outcome, Code: string(code),
-		Message: msg, CorrelationID: call.CorrelationID})
+	rec := &store.AuditRecord{Time: s.cfg.Now(), ActorKind: call.Principal.Kind, ActorName: call.Principal.Name,
+		ActorRole: string(call.Principal.Role), Action: clip(action, maxAuditActionLen), Target: clip(target, maxAuditTargetLen),
+		Outcome: outcome, Code: string(code), Message: msg, CorrelationID: call.CorrelationID}
+	if call.Principal.Kind == PrincipalOperator {
+		s.appendAudit(ctx, rec)
+		return
+	}
+	s.appendLimited(ctx, s.adminRefusal, rec)
+}
+
+// clip cuts s to at most n bytes on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // auditDeviceRefusal audits a device's refused enrollment when it bears on
 // identity or an operator's decision (forged EK certificates, failed
 // activation, revoked or denied devices), within the refusal rate limit.
 func (s *Server) auditDeviceRefusal(ctx context.Context, sess *store.Session, action string, code api.Code, msg string) {
-	s.appendLimited(ctx, &store.AuditRecord{Time: s.cfg.Now(), ActorKind: PrincipalDevice, ActorName: sess.DeviceID,
+	s.appendLimited(ctx, s.refusal, &store.AuditRecord{Time: s.cfg.Now(), ActorKind: PrincipalDevice, ActorName: sess.DeviceID,
 		Action: action, Target: sess.DeviceID, Outcome: "refused", Code: string(code), Message: msg, CorrelationID: sess.CorrelationID})
 }
 
-func (s *Server) appendLimited(ctx context.Context, rec *store.AuditRecord) {
-	if !s.refusal.take() {
+// appendLimited appends rec if bucket has a token, else counts it in
+// edgeenroll_audit_suppressed_total.
+func (s *Server) appendLimited(ctx context.Context, bucket *tokenBucket, rec *store.AuditRecord) {
+	if !bucket.take() {
 		s.metrics.auditSuppressed.Inc()
 		return
 	}
+	s.appendAudit(ctx, rec)
+}
+
+// appendAudit appends rec, logging a failure (the call's outcome stands).
+func (s *Server) appendAudit(ctx context.Context, rec *store.AuditRecord) {
 	if err := s.cfg.Store.AppendAudit(context.WithoutCancel(ctx), rec); err != nil {
 		s.log.LogAttrs(ctx, slog.LevelError, "appending audit record", slog.String("correlation_id", rec.CorrelationID), slog.String("err", err.Error()))
 	}

@@ -202,7 +202,7 @@ func (s *Server) firmwarePolicy(ctx context.Context, sess *store.Session, digest
 
 // recordFirmwareRefusal writes the measurement of a refused finish on the
 // device record, with an audit record in the same transaction (within the
-// refusal rate limit: a device can refuse itself as often as it likes). A
+// device refusal rate limit: a device can refuse itself as often as it likes). A
 // device without a record (refused at its first enrollment) gets one with
 // status refused, so an operator can see what it booted and learn it
 // (`enrollctl firmware add --from-device`). A failure to record is logged:

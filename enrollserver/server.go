@@ -123,7 +123,9 @@ type Config struct {
 	// negative value remembers none.
 	VerdictMemoSize int
 	// AuditRefusalsPerSecond bounds audit records of refused calls (a
-	// token bucket with a burst of ten seconds' worth); 0 means
+	// token bucket with a burst of ten seconds' worth), for devices and,
+	// in a bucket of their own, for admin calls by anyone but an
+	// operator (an operator's refusals are always recorded); 0 means
 	// DefaultAuditRefusalsPerSecond. Refusals beyond it are counted in
 	// edgeenroll_audit_suppressed_total, not recorded.
 	AuditRefusalsPerSecond float64
@@ -147,10 +149,12 @@ type Server struct {
 	followingConfigs atomic.Bool
 	finish           singleflight.Group
 	crl              crlState
-	refusal          *tokenBucket
-	replays          *replayCache
-	ekVerdicts       *memo[ekVerdict]
-	akVerdicts       *memo[*attest.AKPublic]
+	// refusal bounds the audit records of refused devices;
+	// adminRefusal those of admin calls refused to anyone but an operator.
+	refusal, adminRefusal *tokenBucket
+	replays               *replayCache
+	ekVerdicts            *memo[ekVerdict]
+	akVerdicts            *memo[*attest.AKPublic]
 }
 
 // New validates cfg and returns a Server.
@@ -273,10 +277,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, seal: newSealKeys(),
-		refusal:    newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
-		replays:    newReplayCache(cfg.ReplayCacheSize),
-		ekVerdicts: newMemo[ekVerdict](cfg.VerdictMemoSize),
-		akVerdicts: newMemo[*attest.AKPublic](cfg.VerdictMemoSize)}
+		refusal:      newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
+		adminRefusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
+		replays:      newReplayCache(cfg.ReplayCacheSize),
+		ekVerdicts:   newMemo[ekVerdict](cfg.VerdictMemoSize),
+		akVerdicts:   newMemo[*attest.AKPublic](cfg.VerdictMemoSize)}
 	if err := m.registerStoreGauges(cfg.Registerer, cfg.Store); err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -57,7 +58,12 @@ func (h *handler) registerAdmin(mux *http.ServeMux) {
 			call := &enrollserver.Call{CorrelationID: corr, Principal: h.principal(r)}
 			action := rt.action
 			if action == "" {
-				action = "device." + r.PathValue("action")
+				// Named by the path: an unknown one is audited and
+				// counted as such, not as whatever the client wrote.
+				action = "device.unknown"
+				if a := api.DeviceAction(r.PathValue("action")); slices.Contains(api.DeviceActions(), a) {
+					action = "device." + string(a)
+				}
 			}
 			if err := h.srv.Authorize(r.Context(), call, rt.perm, action, r.URL.Path); err != nil {
 				h.fail(w, r, corr, err)
