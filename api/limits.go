@@ -40,6 +40,9 @@ const (
 
 	// MinNonceSize is the smallest nonce a verifier accepts.
 	MinNonceSize = 16
+	// MaxNonceSize is the largest nonce a device accepts: TPM2_Quote's
+	// qualifyingData is a TPM2B_DATA, at most a SHA-512 digest.
+	MaxNonceSize = 64
 
 	// SessionIDLen is the length of a session ID in hex characters.
 	SessionIDLen = 32

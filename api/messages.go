@@ -153,6 +153,45 @@ func (r *BeginRequest) Validate() error {
 	return text("device.agent_version", r.Device.AgentVersion)
 }
 
+// Validate checks the shape of a begin answer, as a device must before it
+// keeps the answer or hands any of it to its TPM: a server or MQTT broker
+// that sends PCR index -9 must get an error, not a crash in the TPM
+// encoding.
+func (r *BeginResponse) Validate() error {
+	if err := ValidateSessionID(r.SessionID); err != nil {
+		return err
+	}
+	if !ValidDeviceID(r.DeviceID) {
+		return Errorf(CodeBadRequest, "device_id must be 64 lowercase hex characters")
+	}
+	if err := blob("challenge.credential", r.Challenge.Credential, true); err != nil {
+		return err
+	}
+	if err := blob("challenge.secret", r.Challenge.Secret, true); err != nil {
+		return err
+	}
+	if len(r.Nonce) < MinNonceSize || len(r.Nonce) > MaxNonceSize {
+		return Errorf(CodeBadRequest, "nonce must be %d to %d bytes, got %d", MinNonceSize, MaxNonceSize, len(r.Nonce))
+	}
+	if len(r.PCRs) == 0 || len(r.PCRs) > MaxPCRs {
+		return Errorf(CodeBadRequest, "pcrs must list 1 to %d PCRs, got %d", MaxPCRs, len(r.PCRs))
+	}
+	seen := make(map[int]bool, len(r.PCRs))
+	for i, p := range r.PCRs {
+		if p < 0 || p >= MaxPCRs {
+			return Errorf(CodeBadRequest, "pcrs[%d] %d is out of range 0..%d", i, p, MaxPCRs-1)
+		}
+		if seen[p] {
+			return Errorf(CodeBadRequest, "pcrs[%d]: PCR %d listed twice", i, p)
+		}
+		seen[p] = true
+	}
+	if r.ExpiresAt.IsZero() {
+		return Errorf(CodeBadRequest, "expires_at is missing")
+	}
+	return nil
+}
+
 // Validate checks the shape of a finish request.
 func (r *FinishRequest) Validate() error {
 	if err := ValidateSessionID(r.SessionID); err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
 )
@@ -146,5 +147,41 @@ func TestActivationProof(t *testing.T) {
 				t.Errorf("proof for %s equals the original %x", tt.name, got)
 			}
 		})
+	}
+}
+
+// TestBeginResponseValidate: what a device refuses of a begin answer before
+// keeping it or giving it to its TPM.
+func TestBeginResponseValidate(t *testing.T) {
+	good := func() *api.BeginResponse {
+		return &api.BeginResponse{SessionID: strings.Repeat("a", api.SessionIDLen), DeviceID: strings.Repeat("b", 64),
+			Challenge: api.EncryptedCredential{Credential: []byte{1}, Secret: []byte{2}},
+			Nonce:     make([]byte, api.NonceSize), PCRs: []int{0, 7, 23}, ExpiresAt: time.Now()}
+	}
+	if err := good().Validate(); err != nil {
+		t.Fatalf("a good answer: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*api.BeginResponse)
+		want   string
+	}{
+		{"session ID", func(r *api.BeginResponse) { r.SessionID = "A" }, "session_id"},
+		{"device ID", func(r *api.BeginResponse) { r.DeviceID = "x" }, "device_id"},
+		{"no credential", func(r *api.BeginResponse) { r.Challenge.Credential = nil }, "challenge.credential"},
+		{"huge secret", func(r *api.BeginResponse) { r.Challenge.Secret = make([]byte, api.MaxBlobBytes+1) }, "challenge.secret"},
+		{"short nonce", func(r *api.BeginResponse) { r.Nonce = make([]byte, api.MinNonceSize-1) }, "nonce"},
+		{"long nonce", func(r *api.BeginResponse) { r.Nonce = make([]byte, api.MaxNonceSize+1) }, "nonce"},
+		{"no PCRs", func(r *api.BeginResponse) { r.PCRs = nil }, "pcrs"},
+		{"negative PCR", func(r *api.BeginResponse) { r.PCRs = []int{-9} }, "out of range"},
+		{"PCR 24", func(r *api.BeginResponse) { r.PCRs = []int{24} }, "out of range"},
+		{"PCR twice", func(r *api.BeginResponse) { r.PCRs = []int{3, 3} }, "twice"},
+		{"no expiry", func(r *api.BeginResponse) { r.ExpiresAt = time.Time{} }, "expires_at"},
+	} {
+		r := good()
+		tc.change(r)
+		if err := r.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error about %s", tc.name, err, tc.want)
+		}
 	}
 }

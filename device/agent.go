@@ -320,6 +320,9 @@ func (a *Agent) TLSCertificate() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(e.CertificateChain) == 0 {
+		return nil, errors.New("the cached enrollment has no certificate; enroll again")
+	}
 	leaf, err := x509.ParseCertificate(e.CertificateChain[0])
 	if err != nil {
 		return nil, fmt.Errorf("cached certificate: %w", err)

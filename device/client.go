@@ -256,12 +256,25 @@ func responseError(method, path string, hresp *http.Response, raw []byte) error 
 	err := fmt.Errorf("%s %s: %w", method, path, &ae)
 	if hresp.StatusCode >= 500 || hresp.StatusCode == http.StatusTooManyRequests || !ae.Code.Permanent() {
 		te := &TransientError{Err: err}
-		if s, perr := strconv.Atoi(hresp.Header.Get("Retry-After")); perr == nil && s > 0 {
-			te.RetryAfter = time.Duration(s) * time.Second
+		if s, perr := strconv.Atoi(hresp.Header.Get("Retry-After")); perr == nil {
+			te.RetryAfter = retryAfter(s)
 		}
 		return te
 	}
 	return err
+}
+
+// MaxRetryAfter is the longest server Retry-After a device honours (the
+// server's own never exceed an hour). Past it, from a misconfigured proxy
+// or a reply forged on an MQTT broker, the device's own backoff applies.
+const MaxRetryAfter = time.Hour
+
+// retryAfter is a Retry-After of s seconds, within 0..MaxRetryAfter.
+func retryAfter(s int) time.Duration {
+	if s <= 0 {
+		return 0
+	}
+	return time.Duration(min(s, int(MaxRetryAfter/time.Second))) * time.Second
 }
 
 // IsTransient reports whether err is worth retrying.

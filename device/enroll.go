@@ -56,7 +56,7 @@ func (p RetryPolicy) backoff(n int, retryAfter time.Duration) time.Duration {
 	if n < 32 && p.Base<<(n-1) < p.Max && p.Base<<(n-1) > 0 {
 		ceiling = p.Base << (n - 1)
 	}
-	return max(time.Duration(mrand.Int64N(int64(ceiling)+1)), retryAfter)
+	return max(time.Duration(mrand.Int64N(int64(ceiling)+1)), min(retryAfter, MaxRetryAfter))
 }
 
 // Enroll runs begin → activate → quote + certify → finish, retrying
@@ -186,7 +186,7 @@ func (a *Agent) enrollOnce(ctx context.Context) (*Result, error) {
 func (a *Agent) resumeOrBegin(ctx context.Context) (*cache.PendingSession, error) {
 	if p, err := a.cache.PendingSession(); err == nil && a.cfg.Now().Add(5*time.Second).Before(p.ExpiresAt) {
 		var br api.BeginResponse
-		if err := json.Unmarshal(p.Begin, &br); err == nil && br.DeviceID == a.deviceID {
+		if err := json.Unmarshal(p.Begin, &br); err == nil && br.Validate() == nil && br.DeviceID == a.deviceID {
 			a.log.Info("resuming enrollment begun earlier", "phase", "resume", "correlation_id", p.CorrelationID, "session_id", br.SessionID, "answered", len(p.Finish) > 0)
 			return p, nil
 		}
@@ -207,6 +207,11 @@ func (a *Agent) resumeOrBegin(ctx context.Context) (*cache.PendingSession, error
 	})
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
+	}
+	// Nothing of an answer that does not have the protocol's shape is
+	// kept or reaches the TPM; asking again may get a good one.
+	if err := br.Validate(); err != nil {
+		return nil, &TransientError{Err: fmt.Errorf("begin: the server's answer: %w", err)}
 	}
 	if br.DeviceID != a.deviceID {
 		return nil, fmt.Errorf("begin: server computed device ID %s, this TPM is %s", br.DeviceID, a.deviceID)
@@ -259,8 +264,8 @@ func (a *Agent) activate(br *api.BeginResponse) ([]byte, error) {
 func (a *Agent) answer(br *api.BeginResponse) (*api.FinishRequest, []byte, error) {
 	a.tpmMu.Lock()
 	defer a.tpmMu.Unlock()
-	if len(br.PCRs) == 0 || len(br.PCRs) > api.MaxPCRs {
-		return nil, nil, fmt.Errorf("server asked for %d PCRs", len(br.PCRs))
+	if err := br.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("the server's begin answer: %w", err)
 	}
 	secret, err := a.activate(br)
 	if err != nil {
@@ -397,8 +402,10 @@ func (a *Agent) CachedState(now time.Time) *State {
 	chain, err := a.verifyChain(e.CertificateChain, now)
 	if err != nil {
 		st.Reason = "cached certificate: " + err.Error()
-		if c, perr := x509.ParseCertificate(e.CertificateChain[0]); perr == nil {
-			st.Leaf = c
+		if len(e.CertificateChain) > 0 {
+			if c, perr := x509.ParseCertificate(e.CertificateChain[0]); perr == nil {
+				st.Leaf = c
+			}
 		}
 		return st
 	}

@@ -221,7 +221,7 @@ func (t *mqttTransport) request(ctx context.Context, req *api.MQTTRequest) (*api
 		if resp.Error != nil {
 			err := fmt.Errorf("mqtt %s: %w", req.Op, resp.Error)
 			if !resp.Error.Code.Permanent() {
-				return nil, &TransientError{Err: err, RetryAfter: time.Duration(resp.Error.RetryAfterSeconds) * time.Second}
+				return nil, &TransientError{Err: err, RetryAfter: retryAfter(resp.Error.RetryAfterSeconds)}
 			}
 			return nil, err
 		}

@@ -144,7 +144,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			if now.Before(renewAt) && !refreshNow {
 				st.Phase = PhaseReady
 				o.OnStatus(st)
-				if !a.sleep(ctx, renewAt.Sub(now), o.Refresh, &refreshNow, pushes) {
+				if !a.sleep(ctx, renewAt.Sub(now), o.Refresh, &refreshNow, pushes, true) {
 					return ctx.Err()
 				}
 				continue
@@ -203,7 +203,11 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			a.log.Error("enrollment refused; waiting for an operator before asking again", "code", code, "wait", wait.String(), "err", err)
 		}
 		o.OnStatus(st)
-		if !a.sleep(ctx, wait, o.Refresh, &refreshNow, pushes) {
+		// A pushed bundle is applied without ending the wait: the
+		// backoff and the server's Retry-After stand, so a config
+		// published to a group does not send its retrying devices at the
+		// server at once.
+		if !a.sleep(ctx, wait, o.Refresh, &refreshNow, pushes, false) {
 			return ctx.Err()
 		}
 	}
@@ -221,30 +225,35 @@ func (a *Agent) renewalTime(notBefore, notAfter time.Time, o RunOptions) time.Ti
 	return t
 }
 
-// sleep waits d, or until a refresh is asked for (setting *refresh), or a
-// config bundle is pushed (applied here), or until ctx ends (returning
-// false).
-func (a *Agent) sleep(ctx context.Context, d time.Duration, refreshCh <-chan struct{}, refresh *bool, pushes <-chan string) bool {
+// sleep waits d, or until a refresh is asked for (setting *refresh), or
+// until ctx ends (returning false). A pushed config bundle is applied here;
+// it ends the wait only if wakeOnPush (so that the caller reports the new
+// bundle version).
+func (a *Agent) sleep(ctx context.Context, d time.Duration, refreshCh <-chan struct{}, refresh *bool, pushes <-chan string, wakeOnPush bool) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-refreshCh:
-		*refresh = true
-		return true
-	case compact := <-pushes:
-		b, taken, err := a.ApplyBundle(compact)
-		switch {
-		case err != nil:
-			a.log.Warn("refused a pushed config bundle", "err", err)
-		case !taken:
-			a.log.Warn("ignored a pushed config bundle older than the one stored", "offered_version", b.Version)
-		default:
-			a.log.Info("applied a pushed config bundle", "phase", "config", "bundle_version", b.Version)
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-refreshCh:
+			*refresh = true
+			return true
+		case compact := <-pushes:
+			b, taken, err := a.ApplyBundle(compact)
+			switch {
+			case err != nil:
+				a.log.Warn("refused a pushed config bundle", "err", err)
+			case !taken:
+				a.log.Warn("ignored a pushed config bundle older than the one stored", "offered_version", b.Version)
+			default:
+				a.log.Info("applied a pushed config bundle", "phase", "config", "bundle_version", b.Version)
+			}
+			if wakeOnPush && err == nil && taken {
+				return true
+			}
+		case <-t.C:
+			return true
 		}
-		return true
-	case <-t.C:
-		return true
 	}
 }
