@@ -264,6 +264,10 @@ func (a *Agent) newIdentity() error {
 	if err := a.cache.PutIdentity(&cache.Identity{DeviceID: a.deviceID, AKBlob: akBlob, KeyBlob: keyBlob}); err != nil {
 		return err
 	}
+	// A session begun with the old AK cannot be answered with this one.
+	if err := a.cache.ClearPendingSession(); err != nil {
+		return err
+	}
 	a.log.Info("created TPM identity", "phase", "identity", "device_id", a.deviceID)
 	return nil
 }

@@ -354,9 +354,14 @@ func (a *Agent) verifyChain(chain [][]byte, now time.Time) ([]*x509.Certificate,
 		inter.AddCert(c)
 	}
 	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: a.cfg.Roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	// A device clock up to pki.BundleClockSkew behind the server's would
+	// find the certificate the server just issued not yet valid (it is
+	// backdated by only pki.Backdate).
+	if _, err := pki.VerifyWithClockSkew(now, func(at time.Time) ([][]*x509.Certificate, error) {
+		return leaf.Verify(x509.VerifyOptions{
+			Roots: a.cfg.Roots, Intermediates: inter, CurrentTime: at,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
 	}); err != nil {
 		return nil, fmt.Errorf("device certificate does not chain to the enrollment root: %w", err)
 	}

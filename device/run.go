@@ -43,6 +43,9 @@ func (o *RunOptions) defaults() {
 	if o.RenewJitter < 0 || o.RenewJitter >= 1 {
 		o.RenewJitter = 0.1
 	}
+	// RenewAt − RenewJitter/2 must stay above 0, or a renewal could fall
+	// due at the certificate's start.
+	o.RenewJitter = min(o.RenewJitter, o.RenewAt)
 	if o.Retry.Base <= 0 {
 		o.Retry.Base = time.Second
 	}
@@ -114,6 +117,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 		refreshNow bool
 		refusal    error // permanent refusal of revoked/denied: not ready
 		failures   int
+		enrolledAt time.Time // when this run last got a certificate
 	)
 	for {
 		now := a.cfg.Now()
@@ -139,6 +143,18 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			a.metrics.ready.Set(1)
 			if renewFor != st.CertSerial {
 				renewAt, renewFor = a.renewalTime(cs.Leaf.NotBefore, cs.Leaf.NotAfter, o), st.CertSerial
+				// NotBefore is on the server's clock and now on the
+				// device's: with the device's far ahead, a certificate
+				// just received would be due at once, and every renewal
+				// followed by another. A certificate this run just
+				// received is scheduled from when it arrived instead.
+				if !enrolledAt.IsZero() {
+					if t := enrolledAt.Add(renewAt.Sub(cs.Leaf.NotBefore)); t.Before(cs.Leaf.NotAfter) {
+						renewAt = t
+					} else {
+						renewAt = cs.Leaf.NotAfter
+					}
+				}
 			}
 			st.NextRenewal = renewAt
 			if now.Before(renewAt) && !refreshNow {
@@ -171,7 +187,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			return ctx.Err()
 		}
 		if err == nil {
-			failures, refusal = 0, nil
+			failures, refusal, enrolledAt = 0, nil, a.cfg.Now()
 			st.LastErrorCode, st.LastError = "", ""
 			if renewing {
 				a.metrics.renewals.WithLabelValues("success").Inc()
@@ -184,12 +200,20 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			a.metrics.renewals.WithLabelValues("failure").Inc()
 		}
 		st.LastErrorCode, st.LastError = code, err.Error()
+		// Only the server's permanent refusal waits for an operator; any
+		// other failure, the device's own included (a TPM error, a full
+		// disk, an answer that does not verify), is retried with backoff.
 		var wait time.Duration
 		var te *TransientError
-		if errors.As(err, &te) {
+		var ae *api.Error
+		if errors.As(err, &te) || !errors.As(err, &ae) || !ae.Code.Permanent() {
 			failures++
 			a.metrics.retries.Inc()
-			wait = o.Retry.backoff(failures, te.RetryAfter)
+			var hint time.Duration
+			if te != nil {
+				hint = te.RetryAfter
+			}
+			wait = o.Retry.backoff(failures, hint)
 			st.Phase = PhaseRetrying
 			a.log.Warn("enrollment attempt failed; retrying", "attempt", st.Attempts, "wait", wait.String(), "code", code, "err", err)
 		} else {

@@ -186,3 +186,75 @@ func TestEmptyCachedChain(t *testing.T) {
 		t.Error("TLSCertificate of an empty cached chain succeeded")
 	}
 }
+
+// agentWithClock is an agent whose clock is skew away from the server's.
+func agentWithClock(t *testing.T, s *server, tpmDir string, skew time.Duration) *device.Agent {
+	t.Helper()
+	sim, err := tpmsim.OpenState(tpmDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := device.New(context.Background(), device.Config{
+		ServerURL: s.url, Roots: s.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
+		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
+		Now: func() time.Time { return time.Now().Add(skew) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// TestClockAheadDoesNotRenewBackToBack: with the device's clock 20 h ahead
+// (24 h certificates), a certificate just received is past its renewal
+// time by the device's clock; it still waits a tenth of its lifetime.
+func TestClockAheadDoesNotRenewBackToBack(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	s := newServer(t, ca, nil, mfr, 1, nil)
+	a := agentWithClock(t, s, tpmDir, 20*time.Hour)
+	log, stop := runAgent(t, a, device.RunOptions{})
+	log.waitFor(t, 10*time.Second, func(s device.Status) bool { return s.Ready })
+	time.Sleep(time.Second)
+	stop()
+	if n := s.begins.Load(); n != 1 {
+		t.Errorf("%d enrollments in a second: renewals follow each other", n)
+	}
+}
+
+// TestClockBehindEnrolls: with the device's clock 2 minutes behind the
+// server's, the certificate just issued is accepted (within
+// pki.BundleClockSkew) and the device is ready.
+func TestClockBehindEnrolls(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	s := newServer(t, ca, nil, mfr, 1, nil)
+	a := agentWithClock(t, s, tpmDir, -2*time.Minute)
+	log, stop := runAgent(t, a, device.RunOptions{})
+	st := log.waitFor(t, 10*time.Second, func(s device.Status) bool { return s.Ready || s.LastError != "" })
+	stop()
+	if !st.Ready {
+		t.Errorf("phase %s, error %s: want ready", st.Phase, st.LastError)
+	}
+	if n := s.begins.Load(); n != 1 {
+		t.Errorf("%d enrollments, want 1", n)
+	}
+}
+
+// TestLocalFailureIsRetried: a failure of the device's own (here, its
+// clock too far behind to accept the certificate the server issued) is
+// retried with backoff, not taken for an operator's refusal and its hour.
+func TestLocalFailureIsRetried(t *testing.T) {
+	tpmDir, mfr := newTPM(t)
+	ca := newCA(t)
+	s := newServer(t, ca, nil, mfr, 1, nil)
+	a := agentWithClock(t, s, tpmDir, -10*time.Minute)
+	log, stop := runAgent(t, a, device.RunOptions{Retry: device.RetryPolicy{Base: time.Millisecond, Max: 10 * time.Millisecond}})
+	st := log.waitFor(t, 10*time.Second, func(s device.Status) bool { return s.LastError != "" })
+	log.waitFor(t, 10*time.Second, func(device.Status) bool { return s.begins.Load() >= 2 })
+	stop()
+	if st.Phase != device.PhaseRetrying || st.Ready {
+		t.Errorf("phase %s (code %s, %s), want retrying", st.Phase, st.LastErrorCode, st.LastError)
+	}
+}

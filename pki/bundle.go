@@ -11,6 +11,7 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -129,7 +130,8 @@ func (ca *CA) SignBundle(b Bundle) (string, error) {
 //  2. decodes the protected header strictly: alg must be ES256 (none, HS*
 //     and every other algorithm are refused), typ BundleJWSType, and x5c 1
 //     to MaxBundleChainCerts certificates;
-//  3. verifies the x5c chain to roots at now for ExtKeyUsage CodeSigning,
+//  3. verifies the x5c chain to roots at now (VerifyWithClockSkew) for
+//     ExtKeyUsage CodeSigning,
 //     and requires the leaf to be an ECDSA P-256 non-CA certificate that
 //     names CodeSigning explicitly;
 //  4. verifies the signature with that leaf's key;
@@ -171,10 +173,12 @@ func VerifyBundle(compact string, roots *x509.CertPool, deviceID string, now tim
 	}
 
 	// 3. Certificate chain.
-	chains, err := jws.Signatures[0].Protected.Certificates(x509.VerifyOptions{
-		Roots:       roots,
-		CurrentTime: now,
-		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+	chains, err := VerifyWithClockSkew(now, func(at time.Time) ([][]*x509.Certificate, error) {
+		return jws.Signatures[0].Protected.Certificates(x509.VerifyOptions{
+			Roots:       roots,
+			CurrentTime: at,
+			KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: x5c: %w", ErrBundleChain, err)
@@ -342,4 +346,18 @@ func decodeBundlePayload(payload []byte) (*Bundle, error) {
 		return nil, fmt.Errorf("%w: config must be a JSON object", ErrBundleMalformed)
 	}
 	return &b, nil
+}
+
+// VerifyWithClockSkew runs verify at now and, if it failed only because the
+// certificate verified starts after now by at most BundleClockSkew (a
+// device clock behind the server's, meeting a certificate the server has
+// just made), once more at that certificate's start.
+func VerifyWithClockSkew[T any](now time.Time, verify func(at time.Time) (T, error)) (T, error) {
+	v, err := verify(now)
+	var invalid x509.CertificateInvalidError
+	if err != nil && errors.As(err, &invalid) && invalid.Reason == x509.Expired && invalid.Cert != nil &&
+		invalid.Cert.NotBefore.After(now) && invalid.Cert.NotBefore.Sub(now) <= BundleClockSkew {
+		return verify(invalid.Cert.NotBefore)
+	}
+	return v, err
 }

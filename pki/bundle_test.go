@@ -484,3 +484,21 @@ func TestBundleLargestConfigFits(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestVerifyBundleClockBehind: a device whose clock is behind the server's
+// by less than BundleClockSkew accepts a bundle signed by a signer
+// certificate the server has just made; further behind, it does not.
+func TestVerifyBundleClockBehind(t *testing.T) {
+	ca, _ := newCA(t, t0) // the signer certificate starts at t0 - Backdate
+	id := deviceID("clock behind")
+	b, err := ca.SignBundle(pki.Bundle{DeviceID: id, Version: 1, IssuedAt: t0, ExpiresAt: t0.Add(time.Hour), Config: json.RawMessage(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.VerifyBundle(b, ca.RootPool(), id, t0.Add(-3*time.Minute)); err != nil {
+		t.Errorf("3 minutes behind: %v", err)
+	}
+	if _, err := pki.VerifyBundle(b, ca.RootPool(), id, t0.Add(-pki.Backdate-pki.BundleClockSkew-time.Second)); !errors.Is(err, pki.ErrBundleChain) {
+		t.Errorf("past the skew: %v, want %v", err, pki.ErrBundleChain)
+	}
+}
