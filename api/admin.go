@@ -22,6 +22,8 @@ const (
 	PathAdminCertificates = "/v1/admin/certificates"
 	PathAdminAudit        = "/v1/admin/audit"
 	PathAdminOperators    = "/v1/admin/operators"
+	// PathAdminOperatorsRevoke revokes an operator credential (admin only).
+	PathAdminOperatorsRevoke = PathAdminOperators + "/revoke"
 	// PathCRL serves the current DER revocation list (application/pkix-crl)
 	// to anyone: it is signed by the CA's intermediate.
 	PathCRL = "/v1/crl"

@@ -148,6 +148,11 @@ const (
 type DeviceActionResponse struct {
 	Action  DeviceAction         `json:"action"`
 	Results []DeviceActionResult `json:"results"`
+	// CRLError is set when a revocation committed (enrolld enforces it
+	// already) but the CRL could not be signed again now: relying parties
+	// reading the CRL do not see it until the server's refresh loop
+	// succeeds.
+	CRLError string `json:"crl_error,omitempty"`
 }
 
 // DeviceDetail is GET PathAdminDevices/{id}.
@@ -428,6 +433,43 @@ type OperatorIssueResponse struct {
 	NotAfter         time.Time `json:"not_after"`
 	CertificateChain [][]byte  `json:"certificate_chain"`
 	RootCertificate  []byte    `json:"root_certificate"`
+}
+
+// OperatorRevokeRequest revokes an operator credential by the serial
+// `enrollctl operators issue` printed (lowercase hex). Every admin call
+// checks its credential's serial, on every server sharing the store.
+type OperatorRevokeRequest struct {
+	Serial string `json:"serial"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// MaxSerialHexLen bounds a certificate serial in hex: RFC 5280 allows 20
+// octets.
+const MaxSerialHexLen = 40
+
+// Validate checks the request's shape.
+func (r *OperatorRevokeRequest) Validate() error {
+	if r.Serial == "" || len(r.Serial) > MaxSerialHexLen {
+		return Errorf(CodeBadRequest, "serial must be 1 to %d lowercase hex characters (as `enrollctl operators issue` printed it)", MaxSerialHexLen)
+	}
+	for _, c := range r.Serial {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return Errorf(CodeBadRequest, "serial %.48q must be lowercase hex", r.Serial)
+		}
+	}
+	if len(r.Serial) > 1 && r.Serial[0] == '0' {
+		// Serials are compared as printed, and never printed so.
+		return Errorf(CodeBadRequest, "serial %q must be written without leading zeros", r.Serial)
+	}
+	return text("reason", r.Reason)
+}
+
+// OperatorRevokeResponse says whether the revocation is new.
+type OperatorRevokeResponse struct {
+	Serial string `json:"serial"`
+	// Changed is false when the serial was revoked already.
+	Changed   bool      `json:"changed"`
+	RevokedAt time.Time `json:"revoked_at"`
 }
 
 // AuditActor is who did something.

@@ -428,8 +428,11 @@ func (s *Server) DeviceAction(ctx context.Context, call *Call, action api.Device
 	if revoked || action == api.ActionRevoke {
 		if _, err := s.RefreshCRL(ctx); err != nil {
 			// The revocation is recorded and enforced by enrolld; the
-			// CRL is retried by the daemon's refresh loop.
+			// CRL is retried by the daemon's refresh loop. The operator
+			// is told, as relying parties do not see it yet.
 			s.log.LogAttrs(ctx, slog.LevelError, "signing CRL after revocation", slog.String("correlation_id", call.CorrelationID), slog.String("err", err.Error()))
+			out.CRLError = fmt.Sprintf("the revocation is recorded and enforced by enrolld, but the CRL could not be signed again (%v); the server retries every %s",
+				err, s.cfg.CRLLifetime/4)
 		}
 		// A CA of its own (step-ca) must revoke them too; see revokeforward.go.
 		s.forwardRevocations(ctx, call.CorrelationID, changes)
@@ -721,6 +724,34 @@ func (s *Server) IssueOperator(ctx context.Context, call *Call, req *api.Operato
 	s.metrics.admin.WithLabelValues(action, "success").Inc()
 	return &api.OperatorIssueResponse{Operator: pki.Operator{Name: req.Name, Role: role}.String(), Serial: leaf.SerialNumber.Text(16),
 		NotAfter: leaf.NotAfter, CertificateChain: [][]byte{leaf.Raw, s.cfg.CA.Intermediate().Raw}, RootCertificate: s.cfg.CA.Root().Raw}, nil
+}
+
+// RevokeOperator revokes an operator credential by its serial (admin
+// only): from then on every admin call made with it is refused, by every
+// server sharing the store. Revoking a serial again changes nothing.
+func (s *Server) RevokeOperator(ctx context.Context, call *Call, req *api.OperatorRevokeRequest) (*api.OperatorRevokeResponse, error) {
+	const action = "operator.revoke"
+	target := "operator-certificate/" + req.Serial
+	if req.Serial == call.Principal.Serial {
+		return nil, s.adminRefused(ctx, call, action, target, api.Errorf(api.CodeBadRequest,
+			"serial %s is the credential this call is made with: revoke it with another admin credential", req.Serial))
+	}
+	rev := &store.OperatorRevocation{Serial: req.Serial, RevokedAt: s.cfg.Now(), RevokedBy: call.Principal.String(), Reason: req.Reason}
+	rec := s.record(call, action, target)
+	rec.After = mustJSON(rev)
+	changed, err := s.cfg.Store.RevokeOperator(ctx, rev, rec)
+	if err != nil {
+		return nil, s.adminFailed(ctx, call, action, target, err)
+	}
+	if !changed {
+		prev, err := s.cfg.Store.OperatorRevocation(ctx, req.Serial)
+		if err != nil {
+			return nil, s.adminFailed(ctx, call, action, target, err)
+		}
+		rev = prev
+	}
+	s.metrics.admin.WithLabelValues(action, "success").Inc()
+	return &api.OperatorRevokeResponse{Serial: req.Serial, Changed: changed, RevokedAt: rev.RevokedAt}, nil
 }
 
 func (s *Server) randomID() (string, error) {

@@ -28,6 +28,10 @@ type Principal struct {
 	Kind string
 	Name string
 	Role pki.Role
+	// Serial is an operator certificate's serial (lowercase hex), which
+	// Authorize looks up among the revoked ones; "" for principals not
+	// made from a certificate.
+	Serial string
 }
 
 func (p Principal) String() string {
@@ -41,7 +45,7 @@ func (s *Server) PrincipalFromCertificate(leaf *x509.Certificate) Principal {
 		return Principal{Kind: PrincipalAnonymous}
 	}
 	if op, err := pki.OperatorFromCertificate(leaf, s.TrustDomain()); err == nil {
-		return Principal{Kind: PrincipalOperator, Name: op.Name, Role: op.Role}
+		return Principal{Kind: PrincipalOperator, Name: op.Name, Role: op.Role, Serial: leaf.SerialNumber.Text(16)}
 	}
 	if id, err := pki.DeviceIDFromCertificate(leaf, s.TrustDomain()); err == nil {
 		return Principal{Kind: PrincipalDevice, Name: id}
@@ -118,6 +122,15 @@ func (s *Server) Authorize(ctx context.Context, call *Call, perm Permission, act
 	var err *api.Error
 	switch call.Principal.Kind {
 	case PrincipalOperator:
+		if err = s.checkOperatorRevocation(ctx, call.Principal); err != nil {
+			// A revoked credential is nobody's: its refusals are
+			// rate-limited as an anonymous caller's are.
+			s.metrics.admin.WithLabelValues(action, "refused").Inc()
+			anon := *call
+			anon.Principal.Kind = PrincipalCertificate
+			s.auditRefusal(ctx, &anon, action, target, err)
+			return err
+		}
 		if !RolePermits(call.Principal.Role, perm) {
 			err = api.Errorf(api.CodeForbidden, "%s may not %s (needs role %v): ask an admin for a credential with `enrollctl operators issue`", call.Principal, action, rolesWith(perm))
 		}
@@ -134,6 +147,25 @@ func (s *Server) Authorize(ctx context.Context, call *Call, perm Permission, act
 		return err
 	}
 	return nil
+}
+
+// checkOperatorRevocation refuses an operator certificate an admin
+// revoked (enrollctl operators revoke). If the store cannot say, the call
+// is refused too.
+func (s *Server) checkOperatorRevocation(ctx context.Context, p Principal) *api.Error {
+	if p.Serial == "" {
+		return nil
+	}
+	rev, err := s.cfg.Store.OperatorRevocation(ctx, p.Serial)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		s.log.LogAttrs(ctx, slog.LevelError, "checking an operator credential", slog.String("serial", p.Serial), slog.String("err", err.Error()))
+		return api.Errorf(api.CodeUnavailable, "cannot check whether credential %s is revoked; try again", p.Serial)
+	}
+	return api.Errorf(api.CodeUnauthenticated, "the credential of %s (serial %s) was revoked at %s by %s: ask an admin for a new one",
+		p, p.Serial, rev.RevokedAt.UTC().Format(time.RFC3339), rev.RevokedBy)
 }
 
 // RecordRefusal audits an admin write refused after authorization, such as

@@ -249,7 +249,8 @@ func deviceActionCmd(g *globals, action api.DeviceAction) *cobra.Command {
 }
 
 // actionExit is 0 if no device was refused, the refusal's code if all
-// were, and exitPartial otherwise.
+// were, and exitPartial otherwise, or when a revocation committed but the
+// CRL could not be signed again.
 func actionExit(resp *api.DeviceActionResponse) error {
 	refused := 0
 	var last *api.DeviceActionResult
@@ -260,6 +261,8 @@ func actionExit(resp *api.DeviceActionResponse) error {
 		}
 	}
 	switch {
+	case refused == 0 && resp.CRLError != "":
+		return &exitError{code: exitPartial, err: fmt.Errorf("%s: %s", resp.Action, resp.CRLError)}
 	case refused == 0:
 		return nil
 	case refused == len(resp.Results):

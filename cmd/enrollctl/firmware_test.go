@@ -54,3 +54,24 @@ func TestParseFirmwareFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestActionExit: a revocation whose CRL could not be signed again is not
+// reported as a plain success.
+func TestActionExit(t *testing.T) {
+	ok := api.DeviceActionResult{Outcome: api.OutcomeChanged}
+	refused := api.DeviceActionResult{Outcome: api.OutcomeRefused, Code: api.CodeNotFound, Message: "no such device"}
+	for _, tt := range []struct {
+		name string
+		resp api.DeviceActionResponse
+		want int
+	}{
+		{"all changed", api.DeviceActionResponse{Results: []api.DeviceActionResult{ok}}, exitOK},
+		{"CRL not signed", api.DeviceActionResponse{Action: api.ActionRevoke, Results: []api.DeviceActionResult{ok}, CRLError: "store down"}, exitPartial},
+		{"some refused", api.DeviceActionResponse{Results: []api.DeviceActionResult{ok, refused}}, exitPartial},
+		{"all refused", api.DeviceActionResponse{Results: []api.DeviceActionResult{refused}}, exitNotFound},
+	} {
+		if got := exitCode(actionExit(&tt.resp)); got != tt.want {
+			t.Errorf("%s: exit %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}

@@ -537,7 +537,39 @@ func operatorsCmd(g *globals) *cobra.Command {
 	for _, f := range []string{"role", "name", "out"} {
 		issueC.MarkFlagRequired(f)
 	}
-	cmd.AddCommand(issueC)
+	cmd.AddCommand(issueC, operatorsRevokeCmd(g))
+	return cmd
+}
+
+func operatorsRevokeCmd(g *globals) *cobra.Command {
+	var req api.OperatorRevokeRequest
+	cmd := &cobra.Command{
+		Use:   "revoke --serial SERIAL",
+		Short: "Revoke an operator credential: every admin call made with it is refused from now on",
+		Example: `  enrollctl operators revoke --serial 4f2a9c... --reason "laptop lost"
+  enrollctl audit --action operator.issue     # the serial of each credential issued`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := req.Validate(); err != nil {
+				return usageErr(err)
+			}
+			var resp api.OperatorRevokeResponse
+			if err := g.call(cmd.Context(), http.MethodPost, api.PathAdminOperatorsRevoke, nil, &req, &resp); err != nil {
+				return err
+			}
+			return render(g, cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
+				if resp.Changed {
+					fmt.Fprintf(tw, "revoked operator credential %s\n", resp.Serial)
+				} else {
+					fmt.Fprintf(tw, "operator credential %s was revoked already, at %s\n", resp.Serial, ts(resp.RevokedAt))
+				}
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&req.Serial, "serial", "", "the credential's certificate serial (lowercase hex), as issue printed it")
+	fl.StringVar(&req.Reason, "reason", "", "why, for the audit log")
+	cmd.MarkFlagRequired("serial")
 	return cmd
 }
 

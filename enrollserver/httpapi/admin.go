@@ -45,6 +45,7 @@ func (h *handler) adminRoutes() []adminRoute {
 		{"GET", api.PathAdminCertificates, "certificates.list", R, false, h.listCertificates},
 		{"GET", api.PathAdminAudit, "audit.read", R, false, h.auditLog},
 		{"POST", api.PathAdminOperators, "operator.issue", A, true, h.issueOperator},
+		{"POST", api.PathAdminOperatorsRevoke, "operator.revoke", A, true, h.revokeOperator},
 		{"GET", api.PathAdminFirmware, "firmware.list", R, false, h.listFirmware},
 		{"POST", api.PathAdminFirmware, "firmware.add", O, true, h.addFirmware},
 		{"POST", api.PathAdminFirmwareRetire, "firmware.retire", O, true, h.retireFirmware},
@@ -415,6 +416,19 @@ func (h *handler) issueOperator(w http.ResponseWriter, r *http.Request, call *en
 		return err
 	}
 	resp, err := h.srv.IssueOperator(r.Context(), call, &req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, call.CorrelationID, resp)
+	return nil
+}
+
+func (h *handler) revokeOperator(w http.ResponseWriter, r *http.Request, call *enrollserver.Call) error {
+	var req api.OperatorRevokeRequest
+	if err := decodeAdmin(r, &req); err != nil {
+		return err
+	}
+	resp, err := h.srv.RevokeOperator(r.Context(), call, &req)
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,10 @@ var (
 	// Measured boot (added within schema 2: a new bucket, created on
 	// open; older builds ignore it).
 	bucketFirmware = []byte("firmware_references") // group \x00 digest → FirmwareReference
+	// Operator credentials (added within schema 2 in the same way; an
+	// older build ignores the bucket, so it accepts the credentials
+	// revoked there).
+	bucketOperatorRevocations = []byte("operator_revocations") // serial → OperatorRevocation
 
 	keySchema     = []byte("schema")
 	keyCRLNumber  = []byte("crl_number")
@@ -54,7 +58,7 @@ var (
 // allBuckets are created on open.
 var allBuckets = [][]byte{bucketMeta, bucketSessions, bucketDevices, bucketCerts, bucketPrereg, bucketCompleted,
 	bucketAudit, bucketStatusIndex, bucketDeviceCerts, bucketSerials, bucketRevocations, bucketGroups, bucketConfigs, bucketImports,
-	bucketFirmware}
+	bucketFirmware, bucketOperatorRevocations}
 
 // Options tune the bbolt store. nil means DefaultOptions().
 type Options struct {

@@ -456,6 +456,56 @@ func (s *Bolt) NextCRLNumber(ctx context.Context) (uint64, error) {
 	return n, err
 }
 
+// RevokeOperator implements Store.
+func (s *Bolt) RevokeOperator(ctx context.Context, rev *OperatorRevocation, audit *AuditRecord) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if rev == nil || rev.Serial == "" {
+		return false, fmt.Errorf("RevokeOperator needs a serial")
+	}
+	v, err := json.Marshal(rev)
+	if err != nil {
+		return false, fmt.Errorf("encoding operator revocation %s: %w", rev.Serial, err)
+	}
+	changed := false
+	err = s.write(func(tx *bolt.Tx) error {
+		changed = false
+		b := tx.Bucket(bucketOperatorRevocations)
+		if b.Get([]byte(rev.Serial)) != nil {
+			return nil // revoked already: no record, no audit
+		}
+		if err := b.Put([]byte(rev.Serial), v); err != nil {
+			return err
+		}
+		if audit != nil {
+			if err := appendAudit(tx, audit); err != nil {
+				return err
+			}
+		}
+		changed = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return changed, nil
+}
+
+// OperatorRevocation implements Store.
+func (s *Bolt) OperatorRevocation(ctx context.Context, serial string) (*OperatorRevocation, error) {
+	var r OperatorRevocation
+	if err := s.get(ctx, bucketOperatorRevocations, serial, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// OperatorRevocations implements Store.
+func (s *Bolt) OperatorRevocations(ctx context.Context, fn func(*OperatorRevocation) bool) error {
+	return forEach(ctx, s.db, bucketOperatorRevocations, fn)
+}
+
 func counter(tx *bolt.Tx, key []byte) uint64 {
 	if v := tx.Bucket(bucketMeta).Get(key); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)

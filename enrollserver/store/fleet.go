@@ -52,6 +52,17 @@ type FleetStore interface {
 	// NextCRLNumber returns the next CRL number (1, 2, ...), durably.
 	NextCRLNumber(ctx context.Context) (uint64, error)
 
+	// RevokeOperator records that the operator certificate rev.Serial is
+	// revoked, appending audit in the same transaction. It returns false,
+	// writing nothing, if that serial was revoked already.
+	RevokeOperator(ctx context.Context, rev *OperatorRevocation, audit *AuditRecord) (bool, error)
+	// OperatorRevocation returns the revocation of an operator
+	// certificate's serial, or ErrNotFound.
+	OperatorRevocation(ctx context.Context, serial string) (*OperatorRevocation, error)
+	// OperatorRevocations calls fn for each operator revocation in serial
+	// order until fn returns false.
+	OperatorRevocations(ctx context.Context, fn func(*OperatorRevocation) bool) error
+
 	// MergePreregistrations runs plan with a view of the pre-registrations
 	// and writes what it returns, in one transaction. It keeps the
 	// serial → device index that plan reads through PreregReader.
@@ -124,6 +135,20 @@ type Revocation struct {
 	ReasonCode int       `json:"reason_code,omitempty"`
 	// NotAfter of the certificate: after it, the entry may leave the CRL.
 	NotAfter time.Time `json:"not_after"`
+}
+
+// OperatorRevocation records a revoked operator credential. Operator
+// certificates are checked only by enrolld (every admin call looks its
+// serial up), so they are not on the device CRL.
+type OperatorRevocation struct {
+	// Serial is the certificate's serial number in lowercase hex, as
+	// `enrollctl operators issue` prints it.
+	Serial string `json:"serial"`
+	// Operator names whom it was issued to ("admin/alice"), if known.
+	Operator  string    `json:"operator,omitempty"`
+	RevokedAt time.Time `json:"revoked_at"`
+	RevokedBy string    `json:"revoked_by"`
+	Reason    string    `json:"reason,omitempty"`
 }
 
 // PreregReader reads pre-registrations inside MergePreregistrations and

@@ -21,6 +21,7 @@ import (
 //	prereg/<id>                   Preregistration
 //	serials/<serial>              device ID (index: serial owner)
 //	revocations/<serial>          Revocation
+//	oprevoked/<serial>            OperatorRevocation
 //	groups/<name>                 Group
 //	configs/<scope>\x00<ver hex>  ConfigVersion
 //	configlatest/<scope>          newest version of scope (decimal)
@@ -51,6 +52,8 @@ func (k keys) preregs() string             { return k.p + "prereg/" }
 func (k keys) serial(serial string) string { return k.p + "serials/" + serial }
 func (k keys) revocation(s string) string  { return k.p + "revocations/" + s }
 func (k keys) revocations() string         { return k.p + "revocations/" }
+func (k keys) opRevoked(s string) string   { return k.p + "oprevoked/" + s }
+func (k keys) opRevokedAll() string        { return k.p + "oprevoked/" }
 func (k keys) group(name string) string    { return k.p + "groups/" + name }
 func (k keys) groups() string              { return k.p + "groups/" }
 func (k keys) audit(seq uint64) string     { return k.p + "audit/" + hex16(seq) }

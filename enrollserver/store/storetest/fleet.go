@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +27,8 @@ var fleetTests = []struct {
 	{"UpdateDevicesErrorWritesNothing", testUpdateDevicesError},
 	{"RevokeCertificates", testRevoke},
 	{"CRLNumberMonotonic", testCRLNumber},
+	{"OperatorRevocations", testOperatorRevocations},
+	{"ConcurrentOperatorRevocation", testConcurrentOperatorRevocation},
 	{"MergePreregistrationsSerialIndex", testMergePrereg},
 	{"ImportStageCommit", testImport},
 	{"ImportLimits", testImportLimits},
@@ -298,6 +302,96 @@ func testCRLNumber(t *testing.T, s store.Store) {
 		if n, err := s.NextCRLNumber(ctx); err != nil || n != want {
 			t.Fatalf("NextCRLNumber = %d, %v; want %d", n, err, want)
 		}
+	}
+}
+
+func operatorRevocation(serial string) *store.OperatorRevocation {
+	return &store.OperatorRevocation{Serial: serial, Operator: "operator/bob", RevokedAt: t0.Add(time.Minute), RevokedBy: "admin/alice", Reason: "laptop lost"}
+}
+
+func testOperatorRevocations(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	want := operatorRevocation("4f2a")
+	if changed, err := s.RevokeOperator(ctx, want, audit("operator.revoke", "4f2a")); err != nil || !changed {
+		t.Fatalf("first revoke = %v, %v; want true", changed, err)
+	}
+	// Revoking again writes nothing: the first record stays, and no audit
+	// record is appended.
+	again := operatorRevocation("4f2a")
+	again.RevokedAt, again.RevokedBy, again.Reason = t0.Add(time.Hour), "admin/carol", "again"
+	if changed, err := s.RevokeOperator(ctx, again, audit("operator.revoke", "4f2a again")); err != nil || changed {
+		t.Errorf("second revoke = %v, %v; want false", changed, err)
+	}
+	got, err := s.OperatorRevocation(ctx, "4f2a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// cmp compares the times with their Equal method.
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("revocation (-want, +got):\n%s", diff)
+	}
+	if _, err := s.OperatorRevocation(ctx, "4f2b"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unrevoked serial: %v, want ErrNotFound", err)
+	}
+	if _, err := s.RevokeOperator(ctx, operatorRevocation(""), audit("operator.revoke", "")); err == nil {
+		t.Error("RevokeOperator accepted an empty serial")
+	}
+	for _, serial := range []string{"ff", "0a", "10"} {
+		if _, err := s.RevokeOperator(ctx, operatorRevocation(serial), audit("operator.revoke", serial)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(n int) []string {
+		t.Helper()
+		var out []string
+		if err := s.OperatorRevocations(ctx, func(r *store.OperatorRevocation) bool {
+			out = append(out, r.Serial)
+			return len(out) < n
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{"0a", "10", "4f2a", "ff"}, list(100)); diff != "" {
+		t.Errorf("revocations in serial order (-want, +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"0a", "10"}, list(2)); diff != "" {
+		t.Errorf("listing stopped after 2 (-want, +got):\n%s", diff)
+	}
+	recs := auditLog(t, s)
+	if diff := cmp.Diff([]string{"operator.revoke 4f2a", "operator.revoke ff", "operator.revoke 0a", "operator.revoke 10"}, actions(recs)); diff != "" {
+		t.Errorf("log (-want, +got):\n%s", diff)
+	}
+	if len(recs) > 0 && recs[0].Seq != 1 {
+		t.Errorf("first revocation's audit record has seq %d, want 1", recs[0].Seq)
+	}
+}
+
+// testConcurrentOperatorRevocation: of revocations of one serial at once,
+// exactly one writes its record and audit record.
+func testConcurrentOperatorRevocation(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	var changed atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok, err := s.RevokeOperator(ctx, operatorRevocation("4f2a"), audit("operator.revoke", fmt.Sprint(i)))
+			if err != nil {
+				t.Errorf("revoke %d: %v", i, err)
+			}
+			if ok {
+				changed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := changed.Load(); n != 1 {
+		t.Errorf("%d revocations reported a change, want 1", n)
+	}
+	if n := len(auditLog(t, s)); n != 1 {
+		t.Errorf("%d audit records, want 1", n)
 	}
 }
 
