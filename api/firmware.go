@@ -237,18 +237,5 @@ func validateMeasuredBoot(g *GroupSpec) error {
 	default:
 		return Errorf(CodeBadRequest, "measured_boot %.40q must be off or enforce", g.MeasuredBoot)
 	}
-	if len(g.RequiredPCRs) > MaxPCRs {
-		return Errorf(CodeBadRequest, "required_pcrs lists %d PCRs, at most %d", len(g.RequiredPCRs), MaxPCRs)
-	}
-	seen := make(map[int]bool, len(g.RequiredPCRs))
-	for i, p := range g.RequiredPCRs {
-		if p < 0 || p >= MaxPCRs {
-			return Errorf(CodeBadRequest, "required_pcrs[%d] %d is out of range 0..%d", i, p, MaxPCRs-1)
-		}
-		if seen[p] {
-			return Errorf(CodeBadRequest, "required_pcrs[%d]: PCR %d listed twice", i, p)
-		}
-		seen[p] = true
-	}
-	return nil
+	return pcrIndexes("required_pcrs", g.RequiredPCRs)
 }

@@ -173,18 +173,11 @@ func (r *BeginResponse) Validate() error {
 	if len(r.Nonce) < MinNonceSize || len(r.Nonce) > MaxNonceSize {
 		return Errorf(CodeBadRequest, "nonce must be %d to %d bytes, got %d", MinNonceSize, MaxNonceSize, len(r.Nonce))
 	}
-	if len(r.PCRs) == 0 || len(r.PCRs) > MaxPCRs {
-		return Errorf(CodeBadRequest, "pcrs must list 1 to %d PCRs, got %d", MaxPCRs, len(r.PCRs))
+	if len(r.PCRs) == 0 {
+		return Errorf(CodeBadRequest, "pcrs must list 1 to %d PCRs, got none", MaxPCRs)
 	}
-	seen := make(map[int]bool, len(r.PCRs))
-	for i, p := range r.PCRs {
-		if p < 0 || p >= MaxPCRs {
-			return Errorf(CodeBadRequest, "pcrs[%d] %d is out of range 0..%d", i, p, MaxPCRs-1)
-		}
-		if seen[p] {
-			return Errorf(CodeBadRequest, "pcrs[%d]: PCR %d listed twice", i, p)
-		}
-		seen[p] = true
+	if err := pcrIndexes("pcrs", r.PCRs); err != nil {
+		return err
 	}
 	if r.ExpiresAt.IsZero() {
 		return Errorf(CodeBadRequest, "expires_at is missing")
@@ -311,3 +304,22 @@ func text(name, s string) error {
 func (c Code) String() string { return string(c) }
 
 var _ fmt.Stringer = Code("")
+
+// pcrIndexes checks a list of PCR indexes of one bank: at most MaxPCRs,
+// each in 0..MaxPCRs-1, none twice.
+func pcrIndexes(field string, pcrs []int) error {
+	if len(pcrs) > MaxPCRs {
+		return Errorf(CodeBadRequest, "%s lists %d PCRs, at most %d", field, len(pcrs), MaxPCRs)
+	}
+	seen := make(map[int]bool, len(pcrs))
+	for i, p := range pcrs {
+		if p < 0 || p >= MaxPCRs {
+			return Errorf(CodeBadRequest, "%s[%d] %d is out of range 0..%d", field, i, p, MaxPCRs-1)
+		}
+		if seen[p] {
+			return Errorf(CodeBadRequest, "%s[%d]: PCR %d listed twice", field, i, p)
+		}
+		seen[p] = true
+	}
+	return nil
+}

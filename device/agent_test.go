@@ -98,7 +98,7 @@ func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufact
 	}
 	h := httpapi.NewHandler(srv, httpapi.Options{})
 	if rewrite != nil {
-		h = rewriting(h, rewrite)
+		h = rewriting(h, api.PathFinish, rewrite)
 	}
 	begins := new(atomic.Int32)
 	beginCerts := new(certLog)
@@ -142,10 +142,10 @@ func (l *certLog) all() []string {
 	return slices.Clone(l.cns)
 }
 
-// rewriting passes finish responses through fn.
-func rewriting(h http.Handler, fn func(*api.FinishResponse)) http.Handler {
+// rewriting passes the answers of path (T: its response type) through fn.
+func rewriting[T any](h http.Handler, path string, fn func(*T)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != api.PathFinish {
+		if r.URL.Path != path {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -153,10 +153,10 @@ func rewriting(h http.Handler, fn func(*api.FinishResponse)) http.Handler {
 		h.ServeHTTP(rec, r)
 		body := rec.Body.Bytes()
 		if rec.Code == http.StatusOK {
-			var fr api.FinishResponse
-			if err := json.Unmarshal(body, &fr); err == nil {
-				fn(&fr)
-				body, _ = json.Marshal(&fr)
+			var resp T
+			if err := json.Unmarshal(body, &resp); err == nil {
+				fn(&resp)
+				body, _ = json.Marshal(&resp)
 			}
 		}
 		w.Header().Set("Content-Type", api.ContentTypeJSON)

@@ -1,13 +1,9 @@
 package device_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
-	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -21,36 +17,14 @@ import (
 	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
 
-// rewriteBegin edits begin responses on their way out.
-func rewriteBegin(h http.Handler, fn func(*api.BeginResponse)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != api.PathBegin {
-			h.ServeHTTP(w, r)
-			return
-		}
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, r)
-		body := rec.Body.Bytes()
-		if rec.Code == http.StatusOK {
-			var br api.BeginResponse
-			if err := json.Unmarshal(body, &br); err == nil {
-				fn(&br)
-				body, _ = json.Marshal(&br)
-			}
-		}
-		w.Header().Set("Content-Type", api.ContentTypeJSON)
-		w.WriteHeader(rec.Code)
-		io.Copy(w, bytes.NewReader(body))
-	})
-}
-
-// TestBeginAnswerWithBadPCRIsRefused: a begin response asking for PCR -9 panics
-// the agent inside go-tpm's PCR selection encoder.
+// TestBeginAnswerWithBadPCRIsRefused: a begin answer asking for PCR -9 (a
+// server bug, or a rewrite on an MQTT broker) is refused before it reaches
+// the TPM, whose PCR selection encoder would panic on it.
 func TestBeginAnswerWithBadPCRIsRefused(t *testing.T) {
 	tpmDir, mfr := newTPM(t)
 	ca := newCA(t)
 	s := newServer(t, ca, nil, mfr, 1, nil)
-	hs := httptest.NewUnstartedServer(rewriteBegin(s.handler, func(br *api.BeginResponse) { br.PCRs = []int{-9} }))
+	hs := httptest.NewUnstartedServer(rewriting(s.handler, api.PathBegin, func(br *api.BeginResponse) { br.PCRs = []int{-9} }))
 	hs.TLS = s.tlsConfig(t)
 	hs.StartTLS()
 	t.Cleanup(hs.Close)
@@ -133,7 +107,7 @@ func TestBadBeginAnswerIsNotKept(t *testing.T) {
 	tpmDir, mfr := newTPM(t)
 	ca := newCA(t)
 	s := newServer(t, ca, nil, mfr, 1, nil)
-	hs := httptest.NewUnstartedServer(rewriteBegin(s.handler, func(br *api.BeginResponse) { br.PCRs = []int{-9} }))
+	hs := httptest.NewUnstartedServer(rewriting(s.handler, api.PathBegin, func(br *api.BeginResponse) { br.PCRs = []int{-9} }))
 	hs.TLS = s.tlsConfig(t)
 	hs.StartTLS()
 	t.Cleanup(hs.Close)
