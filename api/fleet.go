@@ -223,6 +223,12 @@ type GroupSpec struct {
 	// of the group must quote and their event log must account for
 	// (a PCR the log does not measure must be at its reset value).
 	RequiredPCRs []int `json:"required_pcrs,omitempty"`
+	// ExpectUpdatedAt, in a write, is the UpdatedAt the client read the
+	// group with (the zero time: it had no record). The write is then
+	// refused with conflict if the group changed since, so that two
+	// operators' read-modify-write (enrollctl groups set) cannot undo each
+	// other's change. Nil writes unconditionally.
+	ExpectUpdatedAt *time.Time `json:"expect_updated_at,omitempty"`
 }
 
 // Validate checks a group spec.

@@ -590,6 +590,17 @@ func (s *Server) SetGroup(ctx context.Context, call *Call, name string, spec *ap
 	}
 	now := s.cfg.Now()
 	g, err := s.cfg.Store.UpdateGroup(ctx, name, func(prev *store.Group) (*store.Group, *store.AuditRecord, error) {
+		if spec.ExpectUpdatedAt != nil {
+			var cur time.Time
+			by := "nobody"
+			if prev != nil {
+				cur, by = prev.UpdatedAt, prev.UpdatedBy
+			}
+			if !cur.Equal(*spec.ExpectUpdatedAt) {
+				return nil, nil, api.Errorf(api.CodeConflict, "group %s was changed by %s at %s since it was read: read it again and repeat the change",
+					name, by, cur.UTC().Format(time.RFC3339))
+			}
+		}
 		next := &store.Group{Name: name, Admission: spec.Admission, CertLifetime: lifetime, Description: spec.Description,
 			MeasuredBoot: mode, RequireSecureBoot: spec.RequireSecureBoot, RequiredPCRs: required,
 			UpdatedAt: now, UpdatedBy: call.Principal.String()}

@@ -430,3 +430,40 @@ func TestImportAllOrNothing(t *testing.T) {
 		t.Error("another operator committed the import")
 	}
 }
+
+// TestSetGroupRefusesLostUpdate: a write that names the UpdatedAt it read
+// is refused with conflict once another operator changed the group, so
+// that read-modify-write clients do not undo each other.
+func TestSetGroupRefusesLostUpdate(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	alice := &enrollserver.Call{CorrelationID: "a", Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: "alice", Role: pki.RoleOperator}}
+	bob := &enrollserver.Call{CorrelationID: "b", Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: "bob", Role: pki.RoleOperator}}
+	// Both read the group before it has a record.
+	var never time.Time
+	g, err := e.srv.SetGroup(ctx, alice, "line-a", &api.GroupSpec{Admission: api.AdmissionAuto, MeasuredBoot: api.MeasuredBootEnforce, ExpectUpdatedAt: &never})
+	if err != nil {
+		t.Fatalf("alice's write: %v", err)
+	}
+	_, err = e.srv.SetGroup(ctx, bob, "line-a", &api.GroupSpec{Admission: api.AdmissionAuto, Description: "x", ExpectUpdatedAt: &never})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeConflict {
+		t.Fatalf("bob's write from a stale read: %v, want conflict", err)
+	}
+	// Read again, then the write goes through; nil writes unconditionally.
+	if _, err := e.srv.SetGroup(ctx, bob, "line-a", &api.GroupSpec{Admission: api.AdmissionAuto, MeasuredBoot: api.MeasuredBootEnforce, Description: "x", ExpectUpdatedAt: &g.UpdatedAt}); err != nil {
+		t.Fatalf("bob's write after reading again: %v", err)
+	}
+	if _, err := e.srv.SetGroup(ctx, alice, "line-a", &api.GroupSpec{Admission: api.AdmissionManual}); err != nil {
+		t.Fatalf("an unconditional write: %v", err)
+	}
+	refused := 0
+	for _, r := range e.audit("group.set", "") {
+		if r.Outcome == "refused" && r.Code == string(api.CodeConflict) {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d audited conflicts, want 1", refused)
+	}
+}

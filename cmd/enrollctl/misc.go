@@ -136,6 +136,10 @@ func groupsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			spec := cur.GroupSpec
+			// Refused with conflict if someone changes the group between
+			// this read and the write below.
+			read := cur.UpdatedAt
+			spec.ExpectUpdatedAt = &read
 			if fl.Changed("admission") {
 				spec.Admission = admission
 			}
