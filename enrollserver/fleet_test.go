@@ -467,3 +467,39 @@ func TestSetGroupRefusesLostUpdate(t *testing.T) {
 		t.Errorf("%d audited conflicts, want 1", refused)
 	}
 }
+
+// TestAdminClearsAbandonedImport: staged imports left by a station that
+// died hold every slot; an admin can abort them (audited), another
+// factory credential cannot, and the line can import again.
+func TestAdminClearsAbandonedImport(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	op := func(name string, role pki.Role) *enrollserver.Call {
+		return &enrollserver.Call{CorrelationID: name, Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: name, Role: role}}
+	}
+	st3, st4, admin := op("station-3", pki.RoleFactory), op("station-4", pki.RoleFactory), op("root", pki.RoleAdmin)
+	var ids []string
+	for range api.MaxOpenImports {
+		r, err := e.srv.StartImport(ctx, st3, &api.ImportStartRequest{Source: "interrupted.csv"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ImportID)
+	}
+	var ae *api.Error
+	if _, err := e.srv.StartImport(ctx, st4, &api.ImportStartRequest{Source: "batch.csv"}); !errors.As(err, &ae) || ae.Code != api.CodeBusy {
+		t.Fatalf("a start past the open imports: %v, want busy", err)
+	}
+	if err := e.srv.AbortImport(ctx, st4, ids[0]); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
+		t.Errorf("another station aborting: %v, want forbidden", err)
+	}
+	if err := e.srv.AbortImport(ctx, admin, ids[0]); err != nil {
+		t.Fatalf("an admin aborting: %v", err)
+	}
+	if _, err := e.srv.StartImport(ctx, st4, &api.ImportStartRequest{Source: "batch.csv"}); err != nil {
+		t.Errorf("a start after the admin's abort: %v", err)
+	}
+	if n := len(e.audit("import.abort", "import/"+ids[0])); n != 1 {
+		t.Errorf("%d audit records of the admin's abort, want 1", n)
+	}
+}

@@ -202,7 +202,20 @@ func (s *Server) CommitImport(ctx context.Context, call *Call, id string, req *a
 
 // AbortImport discards a staged import (PermImport).
 func (s *Server) AbortImport(ctx context.Context, call *Call, id string) error {
-	if _, err := s.ownImport(ctx, call, id); err != nil {
+	_, err := s.ownImport(ctx, call, id)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeForbidden && call.Principal.Kind == PrincipalOperator && RolePermits(call.Principal.Role, PermAdmin) {
+		// An admin may clear another operator's staged import: a
+		// station that died mid-import holds one of the MaxOpenImports
+		// slots until the import expires.
+		rec := s.record(call, "import.abort", "import/"+id)
+		rec.Message = ae.Message
+		if err := s.cfg.Store.AppendAudit(ctx, rec); err != nil {
+			return fmt.Errorf("recording the abort: %w", err)
+		}
+		err = nil
+	}
+	if err != nil {
 		return err
 	}
 	if err := s.cfg.Store.DeleteImport(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {

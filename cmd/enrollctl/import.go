@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/csv"
@@ -18,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +29,10 @@ import (
 // importColumns are the columns (CSV header) and keys (JSON lines) of an
 // import file.
 var importColumns = []string{"ek_cert_pem", "ek_hash", "serial", "group", "labels"}
+
+// abortTimeout bounds the abort of an import that failed or was
+// interrupted.
+const abortTimeout = 10 * time.Second
 
 func importCmd(g *globals) *cobra.Command {
 	var partial, dryRun bool
@@ -119,7 +125,11 @@ func runImport(cmd *cobra.Command, g *globals, path, format string, partial, dry
 			return err
 		}
 		abort := func() {
-			_ = g.call(cmd.Context(), http.MethodDelete, api.PathAdminImports+"/"+start.ImportID, nil, nil, nil)
+			// Also after Ctrl-C (which ends cmd.Context()): an import
+			// left staged holds a slot until it expires.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), abortTimeout)
+			defer cancel()
+			_ = g.call(ctx, http.MethodDelete, api.PathAdminImports+"/"+start.ImportID, nil, nil, nil)
 		}
 		for _, chunk := range chunks(good, start.MaxRowsPerChunk, start.MaxChunkBytes) {
 			var resp api.ImportRowsResponse
