@@ -337,17 +337,22 @@ func (r *ConfigRollbackRequest) Validate() error {
 
 // ConfigVersion is one version of a scope's config.
 type ConfigVersion struct {
-	Scope     string          `json:"scope"`
-	Version   uint64          `json:"version"`
-	Config    json.RawMessage `json:"config"`
-	CreatedAt time.Time       `json:"created_at"`
-	CreatedBy string          `json:"created_by"`
-	Comment   string          `json:"comment,omitempty"`
+	Scope   string `json:"scope"`
+	Version uint64 `json:"version"`
+	// Config is the version's content; a history listing leaves it out
+	// (a scope's versions can hold tens of MiB) and gives ConfigSHA256:
+	// `enrollctl config show --version N` reads one.
+	Config       json.RawMessage `json:"config,omitempty"`
+	ConfigSHA256 string          `json:"config_sha256,omitempty"`
+	CreatedAt    time.Time       `json:"created_at"`
+	CreatedBy    string          `json:"created_by"`
+	Comment      string          `json:"comment,omitempty"`
 	// RolledBackFrom is the version whose content this one copies.
 	RolledBackFrom uint64 `json:"rolled_back_from,omitempty"`
 }
 
-// ConfigHistory answers GET PathAdminConfigHist, newest first.
+// ConfigHistory answers GET PathAdminConfigHist, newest first, without
+// each version's content (ConfigVersion.ConfigSHA256 instead).
 type ConfigHistory struct {
 	Scope    string          `json:"scope"`
 	Versions []ConfigVersion `json:"versions"`

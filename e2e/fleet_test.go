@@ -437,6 +437,11 @@ func TestFleetRevokeAndConfig(t *testing.T) {
 	if len(hist.Versions) != 3 || hist.Versions[0].Version != 7 || hist.Versions[2].Version != 4 {
 		t.Fatalf("history = %+v", hist)
 	}
+	// The history names each version's content by its digest: rollback
+	// copies version 4's content into 7.
+	if v := hist.Versions; v[0].Config != nil || len(v[0].ConfigSHA256) != 64 || v[0].ConfigSHA256 != v[2].ConfigSHA256 || v[0].ConfigSHA256 == v[1].ConfigSHA256 {
+		t.Errorf("history digests %q %q %q (configs %s): want 7 = 4 != 6, no content", v[0].ConfigSHA256, v[1].ConfigSHA256, v[2].ConfigSHA256, v[0].Config)
+	}
 	out, _ = run(t, false, bins.agentSim, s.enrollArgs(d, dataDir, 1)...)
 	if !strings.Contains(out, "bundle version 5") { // the device override wins
 		t.Fatalf("agent did not get the device's version 5:\n%s", out)

@@ -206,7 +206,10 @@ func (s *Server) ConfigHistory(ctx context.Context, scope api.ConfigScope, limit
 	limit = pageSize(limit)
 	out := &api.ConfigHistory{Scope: scope.String(), Versions: []api.ConfigVersion{}}
 	err := s.cfg.Store.ConfigHistory(ctx, scope.String(), func(cv *store.ConfigVersion) bool {
-		out.Versions = append(out.Versions, *configView(cv))
+		v := configView(cv)
+		sum := sha256.Sum256(cv.Config)
+		v.Config, v.ConfigSHA256 = nil, hex.EncodeToString(sum[:])
+		out.Versions = append(out.Versions, *v)
 		return len(out.Versions) < limit
 	})
 	return out, err
