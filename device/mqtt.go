@@ -219,16 +219,25 @@ func (t *mqttTransport) request(ctx context.Context, req *api.MQTTRequest) (*api
 	select {
 	case resp := <-ch:
 		if resp.Error != nil {
-			err := fmt.Errorf("mqtt %s: %w", req.Op, resp.Error)
-			if !resp.Error.Code.Permanent() {
-				return nil, &TransientError{Err: err, RetryAfter: retryAfter(resp.Error.RetryAfterSeconds)}
-			}
-			return nil, err
+			return nil, mqttError(req.Op, resp.Error)
 		}
 		return resp, nil
 	case <-ctx.Done():
 		return nil, &TransientError{Err: fmt.Errorf("mqtt: waiting for the %s answer: %w", req.Op, ctx.Err())}
 	}
+}
+
+// mqttError is the error of a refusal answered over MQTT. The broker relays
+// error answers unsealed, so it could forge one: revoked and denied, which
+// over HTTPS (server-authenticated) make the device give up its
+// certificate, are not final here. The device asks again after its
+// backoff, and a server that did revoke it refuses again.
+func mqttError(op string, e *api.Error) error {
+	err := fmt.Errorf("mqtt %s: %w", op, e)
+	if !e.Code.Permanent() || e.Code == api.CodeRevoked || e.Code == api.CodeDenied {
+		return &TransientError{Err: err, RetryAfter: retryAfter(e.RetryAfterSeconds)}
+	}
+	return err
 }
 
 // connect returns a connection under the identity the device should use

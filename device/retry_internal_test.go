@@ -1,9 +1,12 @@
 package device
 
 import (
+	"errors"
 	"math"
 	"testing"
 	"time"
+
+	"github.com/edgeenroll/edgeenroll/api"
 )
 
 // TestRetryAfterIsCapped: a server's (or a forged) Retry-After is honoured
@@ -30,5 +33,29 @@ func TestRetryAfterIsCapped(t *testing.T) {
 	}
 	if got := p.backoff(1, 30*time.Second); got != 30*time.Second {
 		t.Errorf("backoff with a 30 s Retry-After = %v, want 30s (the server's hint wins over a shorter backoff)", got)
+	}
+}
+
+// TestMQTTRefusalsAreNotFinal: over MQTT, whose broker relays error
+// answers unsealed, revoked and denied are retried rather than believed;
+// other permanent codes stay permanent, transient ones transient.
+func TestMQTTRefusalsAreNotFinal(t *testing.T) {
+	for code, transient := range map[api.Code]bool{
+		api.CodeRevoked:       true,
+		api.CodeDenied:        true,
+		api.CodeBusy:          true,
+		api.CodeEKUntrusted:   false,
+		api.CodeAKInvalid:     false,
+		api.CodeNotRegistered: false,
+	} {
+		err := mqttError(api.OpBegin, &api.Error{Code: code, Message: "x", RetryAfterSeconds: 7})
+		var te *TransientError
+		if got := errors.As(err, &te); got != transient {
+			t.Errorf("%s: transient %v, want %v", code, got, transient)
+		}
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Code != code {
+			t.Errorf("%s: the code is lost: %v", code, err)
+		}
 	}
 }
