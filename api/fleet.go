@@ -356,6 +356,9 @@ type ConfigVersion struct {
 type ConfigHistory struct {
 	Scope    string          `json:"scope"`
 	Versions []ConfigVersion `json:"versions"`
+	// NextBefore, when there are older versions than this page holds, is
+	// the before= of the next page.
+	NextBefore uint64 `json:"next_before,omitempty"`
 }
 
 // ValidateConfigObject checks b is one JSON object of at most

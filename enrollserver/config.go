@@ -201,16 +201,24 @@ func (s *Server) ShowConfig(ctx context.Context, scope api.ConfigScope, version 
 	return configView(cv), nil
 }
 
-// ConfigHistory lists a scope's versions, newest first (PermRead).
-func (s *Server) ConfigHistory(ctx context.Context, scope api.ConfigScope, limit int) (*api.ConfigHistory, error) {
+// ConfigHistory lists a scope's versions below before (0: all), newest
+// first, a page of at most limit; NextBefore continues it (PermRead).
+func (s *Server) ConfigHistory(ctx context.Context, scope api.ConfigScope, limit int, before uint64) (*api.ConfigHistory, error) {
 	limit = pageSize(limit)
 	out := &api.ConfigHistory{Scope: scope.String(), Versions: []api.ConfigVersion{}}
 	err := s.cfg.Store.ConfigHistory(ctx, scope.String(), func(cv *store.ConfigVersion) bool {
+		if before != 0 && cv.Version >= before {
+			return true
+		}
+		if len(out.Versions) == limit {
+			out.NextBefore = out.Versions[limit-1].Version
+			return false
+		}
 		v := configView(cv)
 		sum := sha256.Sum256(cv.Config)
 		v.Config, v.ConfigSHA256 = nil, hex.EncodeToString(sum[:])
 		out.Versions = append(out.Versions, *v)
-		return len(out.Versions) < limit
+		return true
 	})
 	return out, err
 }

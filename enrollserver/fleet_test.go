@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
@@ -501,5 +503,43 @@ func TestAdminClearsAbandonedImport(t *testing.T) {
 	}
 	if n := len(e.audit("import.abort", "import/"+ids[0])); n != 1 {
 		t.Errorf("%d audit records of the admin's abort, want 1", n)
+	}
+}
+
+// TestConfigHistoryPages: the history comes a page at a time, newest
+// first, each page saying where the next begins.
+func TestConfigHistoryPages(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	op := &enrollserver.Call{CorrelationID: "o", Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: "olga", Role: pki.RoleOperator}}
+	scope := api.ConfigScope{Group: "line-a"}
+	var first uint64
+	for i := range 5 {
+		cv, err := e.srv.SetConfig(ctx, op, &api.ConfigSetRequest{ConfigScope: scope, Config: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = cv.Version
+		}
+	}
+	var got [][]uint64
+	var before uint64
+	for range 5 {
+		h, err := e.srv.ConfigHistory(ctx, scope, 2, before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page []uint64
+		for _, v := range h.Versions {
+			page = append(page, v.Version-first+1)
+		}
+		got = append(got, page)
+		if before = h.NextBefore; before == 0 {
+			break
+		}
+	}
+	if want := [][]uint64{{5, 4}, {3, 2}, {1}}; !cmp.Equal(got, want) {
+		t.Errorf("pages %v, want %v", got, want)
 	}
 }

@@ -298,17 +298,23 @@ func configCmd(g *globals) *cobra.Command {
 	showC.Flags().Uint64Var(&version, "version", 0, "version to show (default: latest)")
 
 	var histScope scopeFlags
+	var before uint64
 	histC := &cobra.Command{
-		Use:     "history (--group G | --device ID)",
-		Short:   "List a scope's config versions, newest first",
-		Example: `  enrollctl config history --group line-a`,
-		Args:    cobra.NoArgs,
+		Use:   "history (--group G | --device ID) [--before VERSION]",
+		Short: "List a scope's config versions, newest first, a page at a time",
+		Example: `  enrollctl config history --group line-a
+  enrollctl config history --group line-a --before 40     # the page after one ending at 40`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := histScope.scope(); err != nil {
 				return err
 			}
+			q := histScope.query()
+			if before > 0 {
+				q.Set("before", strconv.FormatUint(before, 10))
+			}
 			var h api.ConfigHistory
-			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminConfigHist, histScope.query(), nil, &h); err != nil {
+			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminConfigHist, q, nil, &h); err != nil {
 				return err
 			}
 			return render(g, cmd.OutOrStdout(), h, func(tw *tabwriter.Writer) {
@@ -320,10 +326,14 @@ func configCmd(g *globals) *cobra.Command {
 					}
 					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", v.Version, ts(v.CreatedAt), v.CreatedBy, from, dash(v.Comment))
 				}
+				if h.NextBefore != 0 {
+					fmt.Fprintf(tw, "(older versions: --before %d)\n", h.NextBefore)
+				}
 			})
 		},
 	}
 	histScope.register(histC)
+	histC.Flags().Uint64Var(&before, "before", 0, "list versions older than this one (the next page)")
 
 	var rbScope scopeFlags
 	var to uint64

@@ -340,7 +340,11 @@ func (h *handler) configHistory(w http.ResponseWriter, r *http.Request, call *en
 	if err != nil {
 		return err
 	}
-	resp, err := h.srv.ConfigHistory(r.Context(), scope, limit)
+	before, err := queryInt(q, "before")
+	if err != nil {
+		return err
+	}
+	resp, err := h.srv.ConfigHistory(r.Context(), scope, limit, uint64(before))
 	if err != nil {
 		return err
 	}
