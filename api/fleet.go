@@ -265,6 +265,9 @@ type Group struct {
 type GroupList struct {
 	DefaultGroup string  `json:"default_group"`
 	Groups       []Group `json:"groups"`
+	// NextAfter, when more groups follow (MaxPageSize a page), is the
+	// after= of the next page.
+	NextAfter string `json:"next_after,omitempty"`
 }
 
 // ConfigScope names whose config a request is about: exactly one of Group

@@ -667,17 +667,27 @@ func (s *Server) GetGroup(ctx context.Context, name string) (*api.Group, error) 
 }
 
 // ListGroups lists the defined groups and the default group (PermRead).
-func (s *Server) ListGroups(ctx context.Context) (*api.GroupList, error) {
+func (s *Server) ListGroups(ctx context.Context, after string) (*api.GroupList, error) {
 	out := &api.GroupList{DefaultGroup: s.cfg.DefaultGroup, Groups: []api.Group{}}
 	var gs []*store.Group
 	if err := s.cfg.Store.Groups(ctx, func(g *store.Group) bool {
+		if g.Name <= after {
+			return true
+		}
+		if len(gs) == api.MaxPageSize {
+			out.NextAfter = gs[len(gs)-1].Name
+			return false
+		}
 		gs = append(gs, g)
-		return len(gs) < api.MaxPageSize
+		return true
 	}); err != nil {
 		return nil, err
 	}
-	if !slices.ContainsFunc(gs, func(g *store.Group) bool { return g.Name == s.cfg.DefaultGroup }) {
-		gs = append(gs, &store.Group{Name: s.cfg.DefaultGroup, Admission: s.cfg.DefaultAdmission})
+	// The default group is listed, record or not, on the page its name
+	// falls in.
+	if d := s.cfg.DefaultGroup; d > after && (out.NextAfter == "" || d <= out.NextAfter) &&
+		!slices.ContainsFunc(gs, func(g *store.Group) bool { return g.Name == d }) {
+		gs = append(gs, &store.Group{Name: d, Admission: s.cfg.DefaultAdmission})
 		slices.SortFunc(gs, func(a, b *store.Group) int { return cmpString(a.Name, b.Name) })
 	}
 	for _, g := range gs {

@@ -543,3 +543,38 @@ func TestConfigHistoryPages(t *testing.T) {
 		t.Errorf("pages %v, want %v", got, want)
 	}
 }
+
+// TestListGroupsPages: more groups than a page hold come in pages, each
+// saying where the next begins, the default group (without a record) on
+// the page its name falls in, none twice.
+func TestListGroupsPages(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	op := &enrollserver.Call{CorrelationID: "o", Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: "olga", Role: pki.RoleOperator}}
+	const n = api.MaxPageSize + 5
+	for i := range n {
+		if _, err := e.srv.SetGroup(ctx, op, fmt.Sprintf("g%04d", i), &api.GroupSpec{Admission: api.AdmissionAuto}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	pages := 0
+	for after := ""; ; pages++ {
+		l, err := e.srv.ListGroups(ctx, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range l.Groups {
+			if seen[g.Name] || g.Name <= after {
+				t.Fatalf("group %s listed twice or out of order (after %q)", g.Name, after)
+			}
+			seen[g.Name] = true
+		}
+		if after = l.NextAfter; after == "" || pages > 3 {
+			break
+		}
+	}
+	if len(seen) != n+1 || !seen[enrollserver.DefaultGroupName] || pages != 1 {
+		t.Errorf("%d groups in %d pages (default listed: %v), want %d in 2", len(seen), pages+1, seen[enrollserver.DefaultGroupName], n+1)
+	}
+}

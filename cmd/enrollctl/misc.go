@@ -81,15 +81,26 @@ func groupsCmd(g *globals) *cobra.Command {
 	}
 	listC := &cobra.Command{
 		Use:     "list",
-		Short:   "List groups",
+		Short:   "List groups (every page)",
 		Example: `  enrollctl groups list`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var l api.GroupList
-			if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminGroups, nil, nil, &l); err != nil {
-				return err
+			var all api.GroupList
+			for q := (url.Values{}); ; {
+				var l api.GroupList
+				if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminGroups, q, nil, &l); err != nil {
+					return err
+				}
+				all.DefaultGroup, all.Groups = l.DefaultGroup, append(all.Groups, l.Groups...)
+				if l.NextAfter == "" {
+					break
+				}
+				if l.NextAfter <= q.Get("after") {
+					return fmt.Errorf("the server's group pages do not advance (after %q)", l.NextAfter)
+				}
+				q.Set("after", l.NextAfter)
 			}
-			return printGroups(cmd, l, l.Groups, l.DefaultGroup)
+			return printGroups(cmd, all, all.Groups, all.DefaultGroup)
 		},
 	}
 	getC := &cobra.Command{

@@ -261,7 +261,7 @@ func (h *handler) importAbort(w http.ResponseWriter, r *http.Request, call *enro
 }
 
 func (h *handler) listGroups(w http.ResponseWriter, r *http.Request, call *enrollserver.Call) error {
-	resp, err := h.srv.ListGroups(r.Context())
+	resp, err := h.srv.ListGroups(r.Context(), r.URL.Query().Get("after"))
 	if err != nil {
 		return err
 	}
