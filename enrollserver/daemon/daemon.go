@@ -214,13 +214,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(hosts) == 0 {
 		hosts = []string{"localhost", "127.0.0.1", "::1"}
 	}
-	serverCert, err := ca.IssueServer(hosts, serverCertLife)
-	if err != nil {
-		return fmt.Errorf("issuing server certificate: %w", err)
+	// The server certificate is issued again at half its lifetime, so
+	// that a server running longer than serverCertLife keeps serving.
+	serverCert := &renewingCert{what: "the server certificate", issue: func() (*tls.Certificate, error) {
+		return ca.IssueServer(hosts, serverCertLife)
+	}}
+	if _, err := serverCert.get(); err != nil {
+		return err
 	}
 	tlsCfg := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{*serverCert},
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serverCert.get() },
 		// Client certificates are optional at the handshake (devices
 		// enroll without one) and verified against our root when given;
 		// handlers that need one refuse calls without.

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/enrollserver"
@@ -107,15 +106,20 @@ func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pk
 			return nil, fmt.Errorf("broker CA %s holds no PEM certificate", cfg.MQTTBrokerCA)
 		}
 	}
-	certs := &brokerClientCert{ca: ca}
-	if _, err := certs.get(nil); err != nil {
+	// Issued afresh at a handshake (a reconnect) once half of its
+	// lifetime has passed, so a connection that outlives a certificate
+	// still reconnects.
+	certs := &renewingCert{what: "enrolld's broker client certificate", issue: func() (*tls.Certificate, error) {
+		return ca.IssueServiceClient(BrokerClientName, brokerClientLifetime)
+	}}
+	if _, err := certs.get(); err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ext, err := mqttapi.NewExternal(cctx, srv, mqttapi.ExternalOptions{
 		BrokerURL: cfg.MQTTBroker,
-		TLS:       &tls.Config{RootCAs: roots, GetClientCertificate: certs.get},
+		TLS:       &tls.Config{RootCAs: roots, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return certs.get() }},
 		Logger:    log,
 		Admission: cfg.admission,
 	})
@@ -124,40 +128,6 @@ func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pk
 	}
 	log.Info("serving enrollment through an external MQTT broker", "broker", cfg.MQTTBroker, "user", BrokerClientName)
 	return ext, nil
-}
-
-// brokerClientCert is enrolld's client certificate for the external
-// broker, issued afresh at each handshake (a reconnect) once half of its
-// lifetime has passed, so a connection that lives longer than a
-// certificate still reconnects.
-type brokerClientCert struct {
-	ca   *pki.CA
-	now  func() time.Time // nil: time.Now
-	mu   sync.Mutex
-	cert *tls.Certificate
-}
-
-func (b *brokerClientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := time.Now
-	if b.now != nil {
-		now = b.now
-	}
-	if c := b.cert; c != nil && now().Before(c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)/2)) {
-		return c, nil
-	}
-	c, err := b.ca.IssueServiceClient(BrokerClientName, brokerClientLifetime)
-	if err != nil {
-		return nil, fmt.Errorf("issuing enrolld's broker client certificate: %w", err)
-	}
-	if c.Leaf == nil {
-		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return nil, err
-		}
-	}
-	b.cert = c
-	return c, nil
 }
 
 // WriteBrokerCredentials issues a TLS server certificate for an external

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"crypto/tls"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,22 +11,24 @@ import (
 
 // The broker client certificate is reissued at a handshake once half its
 // lifetime has passed, so a long-lived broker connection still reconnects.
-func TestBrokerClientCertRenewed(t *testing.T) {
+func TestRenewingCertRenewed(t *testing.T) {
 	ca, err := pki.LoadOrCreateCA(filepath.Join(t.TempDir(), "ca"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	b := &brokerClientCert{ca: ca, now: func() time.Time { return now }}
-	first, err := b.get(nil)
+	b := &renewingCert{what: "test", now: func() time.Time { return now }, issue: func() (*tls.Certificate, error) {
+		return ca.IssueServiceClient(BrokerClientName, brokerClientLifetime)
+	}}
+	first, err := b.get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := b.get(nil); again != first {
+	if again, _ := b.get(); again != first {
 		t.Error("a fresh certificate was replaced")
 	}
 	now = now.Add(brokerClientLifetime/2 + time.Minute)
-	renewed, err := b.get(nil)
+	renewed, err := b.get()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ type deviceConn struct {
 
 // New starts an embedded broker listening on opts.Listen.
 func New(core *enrollserver.Server, opts Options) (*Broker, error) {
-	if opts.TLS == nil || opts.TLS.ClientCAs == nil || len(opts.TLS.Certificates) == 0 {
+	if opts.TLS == nil || opts.TLS.ClientCAs == nil || (len(opts.TLS.Certificates) == 0 && opts.TLS.GetCertificate == nil) {
 		return nil, errors.New("mqttapi: a TLS config with a server certificate and the enrollment root as ClientCAs is required")
 	}
 	if opts.Logger == nil {
