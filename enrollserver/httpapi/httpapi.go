@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -40,7 +41,17 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Ready reports readiness for /readyz; nil means always ready.
 	Ready func(context.Context) error
+	// BodyTimeout bounds the reading of an admitted begin or finish
+	// body, which holds an admission slot; 0 means DefaultBodyTimeout.
+	BodyTimeout time.Duration
 }
+
+// DefaultBodyTimeout is how long an admitted begin or finish may take to
+// send its body (a finish is a few KiB, up to ~1.4 MiB with an event
+// log). Without it a client trickling the body would hold an admission
+// slot for the server's whole ReadTimeout, and a few such clients would
+// starve every device.
+const DefaultBodyTimeout = 5 * time.Second
 
 // NewHandler returns the server's HTTP handler.
 func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {

@@ -29,9 +29,10 @@ import (
 //     of no live session is refused right after admission, and it is
 //     still charged to the client's bucket.
 type shedder struct {
-	ctrl *admission.Controller
-	td   string
-	now  func() time.Time
+	ctrl        *admission.Controller
+	td          string
+	now         func() time.Time
+	bodyTimeout time.Duration
 }
 
 // newShedder uses opts.Admission, or builds a controller with
@@ -39,7 +40,10 @@ type shedder struct {
 // metrics (transport="https") on opts.Registerer, or on opts.Gatherer when
 // that is also a Registerer (a *prometheus.Registry).
 func newShedder(srv *enrollserver.Server, opts Options) *shedder {
-	s := &shedder{ctrl: opts.Admission, td: srv.TrustDomain(), now: time.Now}
+	s := &shedder{ctrl: opts.Admission, td: srv.TrustDomain(), now: time.Now, bodyTimeout: opts.BodyTimeout}
+	if s.bodyTimeout <= 0 {
+		s.bodyTimeout = DefaultBodyTimeout
+	}
 	if s.ctrl != nil {
 		return s
 	}
@@ -88,6 +92,11 @@ func (s *shedder) wrap(next http.HandlerFunc, continues bool) http.HandlerFunc {
 			return
 		}
 		defer p.Release()
+		// The body is read once admitted, within bodyTimeout: a client
+		// trickling it loses the slot (DefaultBodyTimeout).
+		if s.bodyTimeout > 0 {
+			http.NewResponseController(w).SetReadDeadline(s.now().Add(s.bodyTimeout))
+		}
 		next(w, r.WithContext(admission.WithPermit(r.Context(), p)))
 	}
 }

@@ -75,6 +75,8 @@ func New(core *enrollserver.Server, opts Options) (*Broker, error) {
 	caps.MaximumClientWritesPending = 64
 	caps.RetainAvailable = 0
 	caps.WildcardSubAvailable = 0
+	caps.MaximumSessionExpiryInterval = brokerSessionExpiry
+	caps.MaximumClients = maxBrokerClients
 	b.srv = mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: opts.Logger})
 	fail := func(err error) (*Broker, error) {
 		b.h.close()

@@ -33,6 +33,15 @@ const (
 	// is handled again (begin makes a new session, a repeated finish gets
 	// the same result from the store).
 	maxDedupeBytes = 64 << 20
+	// brokerSessionExpiry bounds how long the embedded broker keeps a
+	// disconnected client's session (a client asking for a persistent
+	// one; devices use clean sessions and retry): long enough for a
+	// reconnect to get its QoS 1 answers, short enough that client IDs
+	// a client chooses cannot pile up sessions.
+	brokerSessionExpiry = 60 // seconds
+	// maxBrokerClients bounds the embedded broker's connected clients:
+	// a boot storm of 10,000 devices with room to spare.
+	maxBrokerClients = 100000
 	// requestTimeout bounds the handling of one request.
 	requestTimeout = 30 * time.Second
 	// bindingsFullRetryAfter is the Retry-After, in seconds, of a begin
