@@ -199,6 +199,7 @@ func (h *handler) handle(client string, payload []byte, p *admission.Permit) {
 	// A redelivered request gets the answer already given.
 	key := client + "/" + req.ID
 	if prev, ok := h.answer(key); ok {
+		admission.Yield(ctx)
 		h.publish(client, prev)
 		return
 	}
@@ -236,6 +237,10 @@ func (h *handler) handle(client string, payload []byte, p *admission.Permit) {
 	if resp.Error == nil || resp.Error.Code.Permanent() {
 		h.remember(key, raw)
 	}
+	// The slot is for the server's work, not for the broker: publishing
+	// to an external one waits for its acknowledgement (up to 10 s while
+	// it reconnects).
+	admission.Yield(ctx)
 	h.publish(client, raw)
 }
 
