@@ -42,8 +42,11 @@ func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
 	var revoked []pki.RevokedCertificate
 	var bad error
 	if err := s.cfg.Store.Revocations(ctx, func(r *store.Revocation) bool {
-		if r.NotAfter.Before(now) {
-			return true // expired certificates need no CRL entry
+		// RFC 5280 5.3: an entry stays until it has been on one CRL
+		// issued after the certificate expired; a CRL is signed at least
+		// every CRLLifetime/4, so one lifetime past expiry is enough.
+		if r.NotAfter.Add(s.cfg.CRLLifetime).Before(now) {
+			return true
 		}
 		n, ok := new(big.Int).SetString(r.Serial, 16)
 		if !ok {

@@ -231,6 +231,28 @@ func TestRevocation(t *testing.T) {
 	if r := e.act(api.ActionRevoke, &api.DeviceActionRequest{DeviceIDs: []string{id}, Reason: "again"}); r.Results[0].Outcome != api.OutcomeUnchanged {
 		t.Errorf("second revoke = %+v", r)
 	}
+
+	// RFC 5280 5.3: the entry stays on the first CRL issued after the
+	// certificate expired, and leaves after a CRL lifetime.
+	entries := func() int {
+		der, err := e.srv.RefreshCRL(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(c.RevokedCertificateEntries)
+	}
+	e.advance(leaf.NotAfter.Sub(e.clock()) + time.Minute)
+	if n := entries(); n != 1 {
+		t.Errorf("just after the certificate expired: %d CRL entries, want 1", n)
+	}
+	e.advance(enrollserver.DefaultCRLLifetime)
+	if n := entries(); n != 0 {
+		t.Errorf("a CRL lifetime after it expired: %d CRL entries, want 0", n)
+	}
 }
 
 // TestAdminRefusalsAudited: refusals of any kind of caller are audited

@@ -62,6 +62,11 @@ func (ca *CA) SignCRL(req CRLRequest) ([]byte, error) {
 		if r.Serial == nil || r.Serial.Sign() <= 0 {
 			return nil, fmt.Errorf("%w: entry %d has no positive serial", ErrCRL, i)
 		}
+		// RFC 5280 5.3.1 reasons: 7 is unused, and 8 (removeFromCRL)
+		// belongs to delta CRLs, which this CA does not sign.
+		if r.ReasonCode < 0 || r.ReasonCode > 10 || r.ReasonCode == 7 || r.ReasonCode == 8 {
+			return nil, fmt.Errorf("%w: entry %d has reason code %d, want 0-6, 9 or 10", ErrCRL, i, r.ReasonCode)
+		}
 		entries[i] = x509.RevocationListEntry{SerialNumber: r.Serial, RevocationTime: r.RevokedAt.UTC(), ReasonCode: r.ReasonCode}
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{

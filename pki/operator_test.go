@@ -112,6 +112,10 @@ func TestSignCRL(t *testing.T) {
 		{Number: 0, ThisUpdate: now, NextUpdate: now.Add(time.Hour)},
 		{Number: 1, ThisUpdate: now, NextUpdate: now},
 		{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour), Revoked: []pki.RevokedCertificate{{RevokedAt: now}}},
+		{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour), Revoked: []pki.RevokedCertificate{{Serial: big.NewInt(1), RevokedAt: now, ReasonCode: 7}}},
+		{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour), Revoked: []pki.RevokedCertificate{{Serial: big.NewInt(1), RevokedAt: now, ReasonCode: 8}}},
+		{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour), Revoked: []pki.RevokedCertificate{{Serial: big.NewInt(1), RevokedAt: now, ReasonCode: -1}}},
+		{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour), Revoked: []pki.RevokedCertificate{{Serial: big.NewInt(1), RevokedAt: now, ReasonCode: 99}}},
 	} {
 		if _, err := ca.SignCRL(bad); !errors.Is(err, pki.ErrCRL) {
 			t.Errorf("SignCRL(%+v) = %v, want ErrCRL", bad, err)

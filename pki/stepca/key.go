@@ -21,7 +21,7 @@ import (
 // unencrypted key). Trailing newlines of the password file are ignored.
 // Both files are read with at most MaxKeyFileBytes.
 func ReadProvisionerKey(keyFile, passwordFile string) (*jose.JSONWebKey, error) {
-	data, err := readSmallFile(keyFile)
+	data, err := readSecretFile(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProvisionerKey, err)
 	}
@@ -115,6 +115,23 @@ func signingAlgorithm(key *jose.JSONWebKey) (jose.SignatureAlgorithm, error) {
 	return def, nil
 }
 
+// readSecretFile is readSmallFile for a key or its password, which get
+// any certificate the provisioner allows signed: like the CA's own keys it
+// must be a regular file that neither group nor others can read (0600).
+func readSecretFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %v: a provisioner key or password must be readable by its owner only (chmod 600)", path, fi.Mode().Perm())
+	}
+	return readSmallFile(path)
+}
+
 func readSmallFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -138,7 +155,7 @@ func readPassword(passwordFile string) ([]byte, error) {
 	if passwordFile == "" {
 		return nil, nil
 	}
-	password, err := readSmallFile(passwordFile)
+	password, err := readSecretFile(passwordFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: password: %w", ErrProvisionerKey, err)
 	}

@@ -415,6 +415,11 @@ func TestReadProvisionerKey(t *testing.T) {
 	plainFile := filepath.Join(dir, "plain.json")
 	plainJSON, _ := ca.Key.MarshalJSON()
 	os.WriteFile(plainFile, plainJSON, 0o600)
+	notKey := filepath.Join(dir, "root.pem")
+	rootPEM, _ := os.ReadFile(ca.RootFile)
+	os.WriteFile(notKey, rootPEM, 0o600)
+	readable := filepath.Join(dir, "readable.json")
+	os.WriteFile(readable, plainJSON, 0o644)
 
 	key, err := stepca.ReadProvisionerKey(ca.KeyFile, ca.PasswordFile)
 	if err != nil || key.KeyID != ca.Key.KeyID || key.IsPublic() {
@@ -429,7 +434,8 @@ func TestReadProvisionerKey(t *testing.T) {
 		{"empty password file", ca.KeyFile, emptyPw, "empty"},
 		{"public key", pubFile, "", "public key"},
 		{"missing file", filepath.Join(dir, "nope"), "", "no such file"},
-		{"not a key", ca.RootFile, "", "not a JWK"},
+		{"not a key", notKey, "", "not a JWK"},
+		{"key readable by others", readable, "", "chmod 600"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := stepca.ReadProvisionerKey(tt.key, tt.pw)

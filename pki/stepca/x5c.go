@@ -181,7 +181,7 @@ func ReadX5CCredential(certFile, keyFile, passwordFile string) (*X5CCredential, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: x5c certificate: %w", ErrProvisionerKey, err)
 	}
-	keyPEM, err := readSmallFile(keyFile)
+	keyPEM, err := readSecretFile(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: x5c key: %w", ErrProvisionerKey, err)
 	}
