@@ -291,8 +291,20 @@ func New(cfg Config) (*Server, error) {
 // Begin verifies who the device claims to be and challenges its TPM. The
 // request must have passed api validation. Refusals are *api.Error.
 func (s *Server) Begin(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+	return s.beginOver(ctx, corr, req, false)
+}
+
+// BeginSealed is Begin for a transport that seals the finish answer to the
+// device (MQTT, whose broker could read it): the session is then finished
+// only through FinishSealed, so that its finish request, which the broker
+// sees, cannot fetch the answer unsealed over HTTPS.
+func (s *Server) BeginSealed(ctx context.Context, corr string, req *api.BeginRequest) (*api.BeginResponse, error) {
+	return s.beginOver(ctx, corr, req, true)
+}
+
+func (s *Server) beginOver(ctx context.Context, corr string, req *api.BeginRequest, sealed bool) (*api.BeginResponse, error) {
 	var renewal bool
-	resp, err := s.begin(ctx, corr, req, &renewal)
+	resp, err := s.begin(ctx, corr, req, &renewal, sealed)
 	outcome, code := outcomeOf(err)
 	s.metrics.begins.WithLabelValues(outcome, code).Inc()
 	if renewal {
@@ -304,7 +316,7 @@ func (s *Server) Begin(ctx context.Context, corr string, req *api.BeginRequest) 
 	return resp, err
 }
 
-func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, renewal *bool) (*api.BeginResponse, error) {
+func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, renewal *bool, sealed bool) (*api.BeginResponse, error) {
 	now := s.cfg.Now()
 
 	// 1. The EK public key and the device ID derived from it.
@@ -320,7 +332,7 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 	// 2. Admission: a certificate chaining to a manufacturer root or a
 	// factory pre-registration of this EK, then the device's record and
 	// its group's policy (see admit).
-	sess := &store.Session{DeviceID: deviceID, CorrelationID: corr, EKPublic: req.EKPublic,
+	sess := &store.Session{DeviceID: deviceID, CorrelationID: corr, EKPublic: req.EKPublic, Sealed: sealed,
 		Device: store.DeviceInfo{Hostname: req.Device.Hostname, AgentVersion: req.Device.AgentVersion}}
 	if err := s.admit(ctx, sess, req, ekPub, now, renewal); err != nil {
 		return nil, err
@@ -386,14 +398,28 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 // holds, issues its certificate and bundle. A repeated identical finish of
 // a completed session returns the same result.
 func (s *Server) Finish(ctx context.Context, corr string, req *api.FinishRequest) (*api.FinishResponse, error) {
+	return s.finishOver(ctx, corr, req, false)
+}
+
+// FinishSealed is Finish for a transport that seals the answer to the
+// device; a session begun with BeginSealed is finished only through it.
+func (s *Server) FinishSealed(ctx context.Context, corr string, req *api.FinishRequest) (*api.FinishResponse, error) {
+	return s.finishOver(ctx, corr, req, true)
+}
+
+func (s *Server) finishOver(ctx context.Context, corr string, req *api.FinishRequest, sealed bool) (*api.FinishResponse, error) {
 	digest, err := requestDigest(req)
 	if err != nil {
 		return nil, err
 	}
 	// Concurrent duplicates (a client retrying on a slow link) share one
 	// verification and one issuance.
-	v, err, _ := s.finish.Do(req.SessionID+hex.EncodeToString(digest), func() (any, error) {
-		return s.finishOnce(ctx, corr, req, digest)
+	key := req.SessionID + hex.EncodeToString(digest)
+	if sealed {
+		key += "/sealed"
+	}
+	v, err, _ := s.finish.Do(key, func() (any, error) {
+		return s.finishOnce(ctx, corr, req, digest, sealed)
 	})
 	outcome, code := outcomeOf(err)
 	s.metrics.enrollments.WithLabelValues(outcome, code).Inc()
@@ -405,18 +431,22 @@ func (s *Server) Finish(ctx context.Context, corr string, req *api.FinishRequest
 	return v.(*api.FinishResponse), nil
 }
 
-func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishRequest, digest []byte) (*api.FinishResponse, error) {
+func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishRequest, digest []byte, sealed bool) (*api.FinishResponse, error) {
 	now := s.cfg.Now()
 
-	// 1. The session: live, unexpired, unused.
+	// 1. The session: live, unexpired, unused, and finished over a
+	// transport that seals its answer if it was begun over one.
 	sess, err := s.cfg.Store.Session(ctx, req.SessionID, now)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return s.replayedFinish(ctx, req.SessionID, digest)
+		return s.replayedFinish(ctx, req.SessionID, digest, sealed)
 	case errors.Is(err, store.ErrSessionExpired):
 		return nil, api.Errorf(api.CodeNonceUnknownOrUsed, "session %s expired; start again with begin", req.SessionID)
 	case err != nil:
 		return nil, fmt.Errorf("reading session: %w", err)
+	}
+	if sess.Sealed && !sealed {
+		return nil, unsealedFinish(req.SessionID)
 	}
 
 	// 2. Credential activation: only the TPM holding the EK could recover
@@ -524,7 +554,7 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 		}
 		d.CertificateChain, d.CertSerial, d.CertNotAfter = chain, serial, issued.Leaf.NotAfter
 		d.Bundle, d.BundleVersion = bundle, version
-		d.LastSessionID, d.LastFinishDigest = sess.ID, digest
+		d.LastSessionID, d.LastFinishDigest, d.LastFinishSealed = sess.ID, digest, sess.Sealed
 		d.PendingSince, d.PendingExpiresAt = time.Time{}, time.Time{}
 		d.Enrollments++
 		if sess.Renewal {
@@ -557,7 +587,7 @@ func (s *Server) finishOnce(ctx context.Context, corr string, req *api.FinishReq
 
 // replayedFinish answers a finish whose session is gone: the same request
 // again gets the same result; anything else is a reused nonce.
-func (s *Server) replayedFinish(ctx context.Context, sessionID string, digest []byte) (*api.FinishResponse, error) {
+func (s *Server) replayedFinish(ctx context.Context, sessionID string, digest []byte, sealed bool) (*api.FinishResponse, error) {
 	refused := api.Errorf(api.CodeNonceUnknownOrUsed, "session %s is unknown or already used; start again with begin", sessionID)
 	deviceID, err := s.cfg.Store.CompletedSession(ctx, sessionID)
 	if errors.Is(err, store.ErrNotFound) {
@@ -572,7 +602,18 @@ func (s *Server) replayedFinish(ctx context.Context, sessionID string, digest []
 	if dev.LastSessionID != sessionID || subtle.ConstantTimeCompare(dev.LastFinishDigest, digest) != 1 {
 		return nil, refused
 	}
+	if dev.LastFinishSealed && !sealed {
+		return nil, unsealedFinish(sessionID)
+	}
 	return finishResponse(dev), nil
+}
+
+// unsealedFinish refuses the finish of a session begun over a transport
+// that seals its answer (MQTT) when it arrives over one that does not
+// (HTTPS): whoever saw the finish request on the broker would otherwise
+// get the answer in the clear.
+func unsealedFinish(sessionID string) error {
+	return api.Errorf(api.CodeNonceUnknownOrUsed, "session %s was begun over MQTT, whose answers are sealed to the device: finish it there, or start again with begin", sessionID)
 }
 
 func finishResponse(d *store.Device) *api.FinishResponse {

@@ -2,6 +2,7 @@ package enrollserver_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -178,4 +179,25 @@ func TestVerdictMemoConcurrent(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// TestSealedSessionFinishedOnlySealed: a session begun over a transport
+// that seals its answer (MQTT) is not finished over HTTPS, where the
+// answer would travel unsealed to whoever relayed the request; over its
+// own transport it is.
+func TestSealedSessionFinishedOnlySealed(t *testing.T) {
+	e := newEnv(t)
+	d := newDevice(t, e.mfr)
+	br, err := e.srv.BeginSealed(context.Background(), "sealed", d.begin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := d.finish(br, br.Nonce)
+	var fr api.FinishResponse
+	wantCode(t, e.post(api.PathFinish, req, &fr), api.CodeNonceUnknownOrUsed)
+	if _, err := e.srv.FinishSealed(context.Background(), "sealed", req); err != nil {
+		t.Fatalf("finish over the sealing transport: %v", err)
+	}
+	// Nor is its answer repeated over HTTPS afterwards.
+	wantCode(t, e.post(api.PathFinish, req, &fr), api.CodeNonceUnknownOrUsed)
 }

@@ -211,7 +211,7 @@ func (h *handler) handle(client string, payload []byte, p *admission.Permit) {
 	var err error
 	switch req.Op {
 	case api.OpBegin:
-		resp.Begin, err = h.core.Begin(ctx, corr, req.Begin)
+		resp.Begin, err = h.core.BeginSealed(ctx, corr, req.Begin)
 		if err == nil && !h.bind(resp.Begin.SessionID, client, resp.Begin.ExpiresAt) {
 			// Its finish would be refused: begin again later.
 			resp.Begin, err = nil, &api.Error{Code: api.CodeBusy, RetryAfterSeconds: bindingsFullRetryAfter,
@@ -258,7 +258,7 @@ func (h *handler) finish(ctx context.Context, client, corr string, req *api.MQTT
 	if !ok {
 		return nil, api.Errorf(api.CodeNonceUnknownOrUsed, "session %s has no sealing key (expired or server restarted); start again with begin", sid)
 	}
-	fr, err := h.core.Finish(ctx, corr, req.Finish)
+	fr, err := h.core.FinishSealed(ctx, corr, req.Finish)
 	if err != nil {
 		return nil, err
 	}

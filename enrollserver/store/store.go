@@ -130,6 +130,9 @@ type Session struct {
 	// Renewal is set when the device held an unexpired certificate at
 	// begin.
 	Renewal bool `json:"renewal,omitempty"`
+	// Sealed: begun over a transport that seals the finish answer to the
+	// device (MQTT); it is finished only over such a transport.
+	Sealed bool `json:"sealed,omitempty"`
 	// MeasuredBoot, RequireSecureBoot and RequiredPCRs are the group's
 	// measured-boot policy at begin (MeasuredBoot "" is off); PCRs
 	// includes RequiredPCRs.
@@ -171,8 +174,11 @@ type Device struct {
 	BundleVersion    uint64    `json:"bundle_version"`
 	// LastSessionID and LastFinishDigest let a repeated finish of the
 	// completed session return the same result.
-	LastSessionID    string    `json:"last_session_id"`
-	LastFinishDigest []byte    `json:"last_finish_digest"`
+	LastSessionID    string `json:"last_session_id"`
+	LastFinishDigest []byte `json:"last_finish_digest"`
+	// LastFinishSealed: that session was begun over a transport that
+	// seals its answer, which a repeated finish then gets only sealed.
+	LastFinishSealed bool      `json:"last_finish_sealed,omitempty"`
 	Enrollments      int       `json:"enrollments"`
 	Renewals         int       `json:"renewals,omitempty"`
 	FirstEnrolledAt  time.Time `json:"first_enrolled_at"`

@@ -1,0 +1,83 @@
+package mqttapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgeenroll/edgeenroll/api"
+	"github.com/edgeenroll/edgeenroll/device"
+	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
+	"github.com/edgeenroll/edgeenroll/tpmsim"
+)
+
+// tap records the finish request as it goes on the wire, which is what a
+// (shared, external) broker sees in plaintext.
+type finishTap struct {
+	device.Transport
+	seen *api.FinishRequest
+}
+
+func (t *finishTap) Finish(ctx context.Context, corr string, req *api.FinishRequest, k device.SealKeyFunc) (*api.FinishResponse, error) {
+	b, _ := json.Marshal(req)
+	t.seen = new(api.FinishRequest)
+	json.Unmarshal(b, t.seen)
+	return t.Transport.Finish(ctx, corr, req, k)
+}
+
+// TestMQTTFinishNotAnsweredOverHTTPS: whoever saw an MQTT finish request
+// on the broker cannot replay it to POST /finish for the certificate chain
+// and config bundle in the clear.
+func TestMQTTFinishNotAnsweredOverHTTPS(t *testing.T) {
+	e := newEnv(t)
+	hs := httptest.NewServer(httpapi.NewHandler(e.core, httpapi.Options{}))
+	defer hs.Close()
+
+	dir := filepath.Join(t.TempDir(), "tpm")
+	if _, err := tpmsim.ManufactureState(dir, e.mfr); err != nil {
+		t.Skip(err)
+	}
+	sim, err := tpmsim.OpenState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := &finishTap{}
+	a, err := device.New(context.Background(), device.Config{
+		ServerURL: e.url, Roots: e.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
+		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
+		Transport: func(certs device.CertificateSource) (device.Transport, error) {
+			in, err := device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
+			tp.Transport = in
+			return tp, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Enroll(context.Background(), device.RetryPolicy{Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if tp.seen == nil {
+		t.Fatal("no finish seen")
+	}
+	b, _ := json.Marshal(tp.seen)
+	resp, err := http.Post(hs.URL+api.PathFinish, api.ContentTypeJSON, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var ae api.Error
+	json.Unmarshal(body, &ae)
+	if resp.StatusCode == http.StatusOK || ae.Code != api.CodeNonceUnknownOrUsed {
+		t.Errorf("HTTPS replay of the finish the broker saw: HTTP %d %s, want nonce_unknown_or_used", resp.StatusCode, body)
+	}
+}
