@@ -86,7 +86,7 @@ func (e *enrolld) rootCA() string { return filepath.Join(e.dataDir, "ca", "root_
 // start runs enrolld and waits until it answers.
 func (e *enrolld) start() {
 	e.t.Helper()
-	e.cmd = exec.Command(bins.enrolld, append([]string{"serve", "--data-dir", e.dataDir, "--listen", e.listen}, e.args...)...)
+	e.cmd = exec.Command(bins.enrolld, append([]string{"serve", "--data-dir", e.dataDir, "--listen", e.listen, "--rate-per-device", oneTPMDeviceRate}, e.args...)...)
 	e.cmd.Stderr = e.log
 	if err := e.cmd.Start(); err != nil {
 		e.t.Fatal(err)

@@ -87,6 +87,10 @@ func startServer(t *testing.T, args ...string) *server {
 	return startServerIn(t, filepath.Join(t.TempDir(), "enrolld"), args...)
 }
 
+// oneTPMDeviceRate is enrolld's --rate-per-device in these tests, where
+// one simulated TPM plays the same device again and again.
+const oneTPMDeviceRate = "1000"
+
 // startServerIn is startServer with data directory dataDir.
 func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 	t.Helper()
@@ -94,7 +98,7 @@ func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 	s := &server{dataDir: dataDir, log: &bytes.Buffer{}}
 	s.rootCA = filepath.Join(s.dataDir, "ca", "root_ca.crt")
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bins.enrolld, append([]string{"serve", "--data-dir", s.dataDir, "--listen", "127.0.0.1:0"}, args...)...)
+	cmd := exec.CommandContext(ctx, bins.enrolld, append([]string{"serve", "--data-dir", s.dataDir, "--listen", "127.0.0.1:0", "--rate-per-device", oneTPMDeviceRate}, args...)...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 10 * time.Second
 	stderr, err := cmd.StderrPipe()

@@ -658,7 +658,7 @@ func startServerAt(t *testing.T, dataDir string, args ...string) *server {
 	s := &server{dataDir: dataDir, log: &bytes.Buffer{}}
 	s.rootCA = filepath.Join(s.dataDir, "ca", "root_ca.crt")
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bins.enrolld, append([]string{"serve", "--data-dir", s.dataDir, "--listen", "127.0.0.1:0"}, args...)...)
+	cmd := exec.CommandContext(ctx, bins.enrolld, append([]string{"serve", "--data-dir", s.dataDir, "--listen", "127.0.0.1:0", "--rate-per-device", oneTPMDeviceRate}, args...)...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 10 * time.Second
 	stderr, err := cmd.StderrPipe()

@@ -31,6 +31,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
@@ -222,7 +223,16 @@ type env struct {
 	reg    *prometheus.Registry
 }
 
+// newEnv is newEnvAdmission with a per-device request rate high enough for
+// tests that play one simulated TPM again and again.
 func newEnv(t *testing.T, opts ...func(*enrollserver.Config)) *env {
+	t.Helper()
+	return newEnvAdmission(t, admission.Options{DeviceRate: 1000}, opts...)
+}
+
+// newEnvAdmission is a server behind the HTTPS handler with an admission
+// controller of adm (its metrics on the env's registry).
+func newEnvAdmission(t *testing.T, adm admission.Options, opts ...func(*enrollserver.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
@@ -255,7 +265,13 @@ func newEnv(t *testing.T, opts ...func(*enrollserver.Config)) *env {
 		t.Fatal(err)
 	}
 	e.srv = srv
-	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{Gatherer: reg}))
+	adm.Registerer = reg
+	ctrl, err := admission.New(&adm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ctrl.Close)
+	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{Gatherer: reg, Admission: ctrl}))
 	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)

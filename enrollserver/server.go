@@ -328,6 +328,13 @@ func (s *Server) begin(ctx context.Context, corr string, req *api.BeginRequest, 
 	if err != nil {
 		return nil, s.refuse(err)
 	}
+	// Each begin makes a session that lives until its TTL: the device's
+	// own budget bounds how many one replayed (public) EK certificate can
+	// hold, so that it cannot fill the table for every other device.
+	if wait := admission.ChargeDevice(ctx, deviceID); wait > 0 {
+		return nil, &api.Error{Code: api.CodeBusy, RetryAfterSeconds: max(1, int((wait+time.Second-1)/time.Second)),
+			Message: fmt.Sprintf("device %s begins too often; retry after retry_after_seconds", deviceID)}
+	}
 
 	// 2. Admission: a certificate chaining to a manufacturer root or a
 	// factory pre-registration of this EK, then the device's record and

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
 
@@ -200,4 +202,27 @@ func TestSealedSessionFinishedOnlySealed(t *testing.T) {
 	}
 	// Nor is its answer repeated over HTTPS afterwards.
 	wantCode(t, e.post(api.PathFinish, req, &fr), api.CodeNonceUnknownOrUsed)
+}
+
+// TestBeginBudgetPerDevice: begins replayed for one device (its EK
+// certificate is public) are held to the device's own budget, so they
+// cannot fill the live-session table.
+func TestBeginBudgetPerDevice(t *testing.T) {
+	e := newEnvAdmission(t, admission.Options{})
+	d := newDevice(t, e.mfr)
+	req := d.begin()
+	busy := 0
+	for range admission.DefaultDeviceBurst + 5 {
+		var br api.BeginResponse
+		if err := e.post(api.PathBegin, req, &br); err != nil {
+			var ae *api.Error
+			if !errors.As(err, &ae) || ae.Code != api.CodeBusy || ae.RetryAfterSeconds < 1 {
+				t.Fatalf("begin: %v, want busy with a Retry-After", err)
+			}
+			busy++
+		}
+	}
+	if busy < 4 {
+		t.Errorf("%d of %d rapid begins for one device refused busy, want at least 4", busy, admission.DefaultDeviceBurst+5)
+	}
 }

@@ -353,6 +353,23 @@ func Yield(ctx context.Context) {
 	}
 }
 
+// ChargeDevice takes a token from device id's bucket (DeviceRate,
+// DeviceBurst) on the controller that admitted ctx's request (WithPermit),
+// for a request that names its device only in its body (a begin, which
+// anyone holding the device's public EK certificate can send). It returns
+// 0, or the wait until a token would be free, taking none. Without a
+// permit in ctx it charges nothing.
+func ChargeDevice(ctx context.Context, id string) time.Duration {
+	p, _ := ctx.Value(permitKey{}).(*Permit)
+	if p == nil {
+		return 0
+	}
+	c := p.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.charge(Request{KeyKind: KeyDevice, Key: id}, c.cfg.now())
+}
+
 // Ticket is a request that was not refused at once: admitted, or queued.
 type Ticket struct {
 	c *Controller
