@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,12 +76,30 @@ func (s *shedder) classify(r *http.Request, continues bool) admission.Request {
 			return req
 		}
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	req.KeyKind, req.Key = admission.KeyAddress, host
+	req.KeyKind, req.Key = admission.KeyAddress, addressKey(r.RemoteAddr)
 	return req
+}
+
+// addressKey is the rate-limit key of a client address: the IPv4
+// address, or the /64 of an IPv6 one (a host is usually given a whole
+// /64, and could otherwise take a fresh bucket per address).
+func addressKey(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	if a = a.Unmap(); a.Is4() {
+		return a.String()
+	}
+	p, err := a.Prefix(64)
+	if err != nil {
+		return host
+	}
+	return p.String()
 }
 
 // wrap admits next through the controller; continues marks finish.

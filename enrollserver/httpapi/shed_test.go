@@ -137,3 +137,20 @@ func TestClassify(t *testing.T) {
 		})
 	}
 }
+
+// TestAddressKey: an IPv6 client is limited by its /64, not per address
+// (a host holds a whole /64); an IPv4 one by its address.
+func TestAddressKey(t *testing.T) {
+	for remote, want := range map[string]string{
+		"192.0.2.7:4431":                       "192.0.2.7",
+		"[::ffff:192.0.2.7]:4431":              "192.0.2.7",
+		"[2001:db8:1:2:aaaa::1]:4431":          "2001:db8:1:2::/64",
+		"[2001:db8:1:2:ffff:ffff:ffff:ffff]:1": "2001:db8:1:2::/64",
+		"[2001:db8:1:3::1]:4431":               "2001:db8:1:3::/64",
+		"not an address":                       "not an address",
+	} {
+		if got := addressKey(remote); got != want {
+			t.Errorf("addressKey(%q) = %q, want %q", remote, got, want)
+		}
+	}
+}
