@@ -2,6 +2,7 @@ package mqttapi
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -154,13 +155,23 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool 
 	}
 	st := tc.ConnectionState()
 	if len(st.VerifiedChains) > 0 {
-		id, err := pki.DeviceIDFromCertificate(st.VerifiedChains[0][0], h.b.td)
+		leaf := st.VerifiedChains[0][0]
+		id, err := pki.DeviceIDFromCertificate(leaf, h.b.td)
 		if err != nil || id != cl.ID {
 			h.b.log.Warn("mqtt connect refused: certificate does not match client id", "client", cl.ID, "remote", cl.Net.Remote)
 			return false
 		}
+		// A revoked certificate (or device) does not connect: it would
+		// get the config pushes of the device's response topic.
+		ctx, cancel := context.WithTimeout(context.Background(), connectCheckTimeout)
+		_, err = h.b.h.core.Whoami(ctx, leaf)
+		cancel()
+		if err != nil {
+			h.b.log.Warn("mqtt connect refused", "client", cl.ID, "remote", cl.Net.Remote, "err", err)
+			return false
+		}
 		h.b.mu.Lock()
-		h.b.devices[cl.ID] = deviceConn{cl: cl, leaf: st.VerifiedChains[0][0]}
+		h.b.devices[cl.ID] = deviceConn{cl: cl, leaf: leaf}
 		h.b.mu.Unlock()
 		return true
 	}

@@ -42,6 +42,9 @@ const (
 	// maxBrokerClients bounds the embedded broker's connected clients:
 	// a boot storm of 10,000 devices with room to spare.
 	maxBrokerClients = 100000
+	// connectCheckTimeout bounds the store read that checks a device
+	// certificate at connect.
+	connectCheckTimeout = 5 * time.Second
 	// requestTimeout bounds the handling of one request.
 	requestTimeout = 30 * time.Second
 	// bindingsFullRetryAfter is the Retry-After, in seconds, of a begin

@@ -14,7 +14,9 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device"
+	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
+	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
 
@@ -79,5 +81,51 @@ func TestMQTTFinishNotAnsweredOverHTTPS(t *testing.T) {
 	json.Unmarshal(body, &ae)
 	if resp.StatusCode == http.StatusOK || ae.Code != api.CodeNonceUnknownOrUsed {
 		t.Errorf("HTTPS replay of the finish the broker saw: HTTP %d %s, want nonce_unknown_or_used", resp.StatusCode, body)
+	}
+}
+
+// TestRevokedDeviceCannotConnect: a device connects to the broker with its
+// certificate, and after an operator revoked it, it cannot (it would get
+// its topic's config pushes).
+func TestRevokedDeviceCannotConnect(t *testing.T) {
+	e := newEnv(t)
+	dir := filepath.Join(t.TempDir(), "tpm")
+	if _, err := tpmsim.ManufactureState(dir, e.mfr); err != nil {
+		t.Fatal(err)
+	}
+	sim, err := tpmsim.OpenState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := device.New(context.Background(), device.Config{
+		ServerURL: e.url, Roots: e.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
+		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
+		Transport: func(certs device.CertificateSource) (device.Transport, error) {
+			return device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	res, err := a.Enroll(context.Background(), device.RetryPolicy{Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := a.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.connect(t, res.DeviceID, cert)
+	if err != nil {
+		t.Fatalf("the enrolled device connects: %v", err)
+	}
+	c.c.Disconnect(0)
+	admin := &enrollserver.Call{CorrelationID: "r", Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: "ada", Role: pki.RoleAdmin}}
+	if _, err := e.core.DeviceAction(context.Background(), admin, api.ActionRevoke, &api.DeviceActionRequest{DeviceIDs: []string{res.DeviceID}, Reason: "stolen"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.connect(t, res.DeviceID, cert); err == nil {
+		t.Error("a revoked device connected with its certificate")
 	}
 }
