@@ -102,11 +102,19 @@ func softKMSPath(rawURI string) string {
 	return u.Opaque
 }
 
-// redactURI drops a URI's query (pkcs11 URIs may carry pin-value there) so
-// it can appear in errors and logs.
+// redactURI drops a URI's query, and any pin-value attribute of its path
+// (pkcs11 URIs may carry the PIN in either), so it can appear in errors
+// and logs.
 func redactURI(s string) string {
-	if i := strings.IndexAny(s, "?"); i >= 0 {
-		return s[:i] + "?<redacted>"
+	if i := strings.IndexByte(s, '?'); i >= 0 {
+		s = s[:i] + "?<redacted>"
+	}
+	if i := strings.Index(s, "pin-value="); i >= 0 {
+		end := strings.IndexAny(s[i:], ";?")
+		if end < 0 {
+			end = len(s) - i
+		}
+		s = s[:i] + "pin-value=<redacted>" + s[i+end:]
 	}
 	return s
 }
