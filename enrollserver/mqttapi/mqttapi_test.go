@@ -72,7 +72,9 @@ func newEnv(t *testing.T) *env {
 	return &env{ca: ca, broker: b, url: "mqtts://localhost:" + port, addr: b.Addr(), mfr: mfr, core: core}
 }
 
-func (e *env) agent(t *testing.T) *device.Agent {
+// agent is a simulated-TPM agent enrolling over the broker; wrap, if
+// given, wraps its transport.
+func (e *env) agent(t *testing.T, wrap ...func(device.Transport) device.Transport) *device.Agent {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tpm")
 	if _, err := tpmsim.ManufactureState(dir, e.mfr); err != nil {
@@ -86,7 +88,11 @@ func (e *env) agent(t *testing.T) *device.Agent {
 		ServerURL: e.url, Roots: e.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
 		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
 		Transport: func(certs device.CertificateSource) (device.Transport, error) {
-			return device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
+			tr, err := device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
+			for _, w := range wrap {
+				tr = w(tr)
+			}
+			return tr, err
 		},
 	})
 	if err != nil {

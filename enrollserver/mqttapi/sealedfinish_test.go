@@ -5,19 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
 	"github.com/edgeenroll/edgeenroll/pki"
-	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
 
 // tap records the finish request as it goes on the wire, which is what a
@@ -42,28 +38,11 @@ func TestMQTTFinishNotAnsweredOverHTTPS(t *testing.T) {
 	hs := httptest.NewServer(httpapi.NewHandler(e.core, httpapi.Options{}))
 	defer hs.Close()
 
-	dir := filepath.Join(t.TempDir(), "tpm")
-	if _, err := tpmsim.ManufactureState(dir, e.mfr); err != nil {
-		t.Skip(err)
-	}
-	sim, err := tpmsim.OpenState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tp := &finishTap{}
-	a, err := device.New(context.Background(), device.Config{
-		ServerURL: e.url, Roots: e.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
-		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
-		Transport: func(certs device.CertificateSource) (device.Transport, error) {
-			in, err := device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
-			tp.Transport = in
-			return tp, err
-		},
+	a := e.agent(t, func(tr device.Transport) device.Transport {
+		tp.Transport = tr
+		return tp
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
 	if _, err := a.Enroll(context.Background(), device.RetryPolicy{Attempts: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -89,25 +68,7 @@ func TestMQTTFinishNotAnsweredOverHTTPS(t *testing.T) {
 // its topic's config pushes).
 func TestRevokedDeviceCannotConnect(t *testing.T) {
 	e := newEnv(t)
-	dir := filepath.Join(t.TempDir(), "tpm")
-	if _, err := tpmsim.ManufactureState(dir, e.mfr); err != nil {
-		t.Fatal(err)
-	}
-	sim, err := tpmsim.OpenState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := device.New(context.Background(), device.Config{
-		ServerURL: e.url, Roots: e.ca.RootPool(), TPM: sim, CachePath: filepath.Join(t.TempDir(), "agent.db"),
-		RequestTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
-		Transport: func(certs device.CertificateSource) (device.Transport, error) {
-			return device.NewMQTTTransport(e.url, "", e.ca.RootPool(), certs)
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := e.agent(t)
 	res, err := a.Enroll(context.Background(), device.RetryPolicy{Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
