@@ -213,6 +213,7 @@ func brokerCertCmd() *cobra.Command {
 	var dataDir, out string
 	var hosts []string
 	var lifetime time.Duration
+	var keys daemon.IssuerConfig
 	cmd := &cobra.Command{
 		Use:   "broker-cert",
 		Short: "Issue a TLS server certificate for an external MQTT broker (mosquitto) from the enrollment CA",
@@ -223,7 +224,7 @@ func brokerCertCmd() *cobra.Command {
 			if len(hosts) == 0 || out == "" {
 				return fmt.Errorf("--host and --out are required")
 			}
-			if err := daemon.WriteBrokerCredentials(dataDir, out, hosts, lifetime); err != nil {
+			if err := daemon.WriteBrokerCredentials(dataDir, out, hosts, lifetime, keys); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote broker.crt, broker.key (0600) and root_ca.crt to %s\n", out)
@@ -234,5 +235,6 @@ func brokerCertCmd() *cobra.Command {
 	cmd.Flags().StringVar(&out, "out", "", "directory to write broker.crt, broker.key and root_ca.crt")
 	cmd.Flags().StringSliceVar(&hosts, "host", nil, "DNS names or IPs devices use to reach the broker (repeatable)")
 	cmd.Flags().DurationVar(&lifetime, "lifetime", pki.MaxLeafLifetime, "certificate lifetime (at most "+pki.MaxLeafLifetime.String()+"; re-issue before it ends)")
+	caKeyFlags(cmd.Flags(), &keys)
 	return cmd
 }

@@ -131,10 +131,16 @@ func connectExternalBroker(ctx context.Context, srv *enrollserver.Server, ca *pk
 }
 
 // WriteBrokerCredentials issues a TLS server certificate for an external
-// broker (such as mosquitto) from the CA in dataDir and writes broker.crt
+// broker (such as mosquitto) from the existing CA in dataDir (its keys
+// where keys says: files, or a KMS) and writes broker.crt
 // (leaf and intermediate), broker.key (0600) and root_ca.crt into outDir.
-func WriteBrokerCredentials(dataDir, outDir string, hosts []string, lifetime time.Duration) error {
-	ca, err := pki.LoadOrCreateCA(caDir(dataDir), nil)
+func WriteBrokerCredentials(dataDir, outDir string, hosts []string, lifetime time.Duration, keys IssuerConfig) error {
+	// The CA must exist: a mistyped --data-dir must not make a new CA
+	// whose root no device trusts.
+	if _, err := os.Stat(RootCertPath(dataDir)); err != nil {
+		return fmt.Errorf("no CA in %s (is --data-dir enrolld's?): %w", caDir(dataDir), err)
+	}
+	ca, err := pki.LoadOrCreateCA(caDir(dataDir), keys.caOptions(pki.DefaultOptions()))
 	if err != nil {
 		return err
 	}

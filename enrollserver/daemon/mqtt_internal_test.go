@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"crypto/tls"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -34,5 +35,27 @@ func TestRenewingCertRenewed(t *testing.T) {
 	}
 	if renewed == first || renewed.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
 		t.Error("a certificate past half its lifetime was not reissued")
+	}
+}
+
+// TestWriteBrokerCredentialsNeedsCA: a data dir without a CA (a mistyped
+// --data-dir) is refused, and no CA is made there.
+func TestWriteBrokerCredentialsNeedsCA(t *testing.T) {
+	dataDir := t.TempDir()
+	if err := WriteBrokerCredentials(dataDir, t.TempDir(), []string{"mqtt.example"}, time.Hour, IssuerConfig{}); err == nil {
+		t.Fatal("broker credentials issued from a data dir without a CA")
+	}
+	if _, err := os.Stat(RootCertPath(dataDir)); !os.IsNotExist(err) {
+		t.Errorf("a CA was created in the mistyped data dir: %v", err)
+	}
+	if _, _, err := InitCA(dataDir, "", IssuerConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	if err := WriteBrokerCredentials(dataDir, out, []string{"mqtt.example"}, time.Hour, IssuerConfig{}); err != nil {
+		t.Fatalf("with the CA: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "broker.key")); err != nil {
+		t.Error(err)
 	}
 }
