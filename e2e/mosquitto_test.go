@@ -93,6 +93,7 @@ func TestMosquitto(t *testing.T) {
 	tpms, mfrRoot := manufacture(t, 1)
 	dataDir := filepath.Join(t.TempDir(), "enrolld")
 	certDir := filepath.Join(t.TempDir(), "broker")
+	run(t, false, bins.enrolld, "ca", "init", "--data-dir", dataDir)
 	run(t, false, bins.enrolld, "broker-cert", "--data-dir", dataDir, "--host", "localhost", "--out", certDir)
 	bootPort, devPort := startMosquitto(t, certDir)
 
