@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -81,6 +82,9 @@ func LoadOrCreateCA(dir string, opts *Options) (*CA, error) {
 	switch {
 	case len(present) == 0:
 		return createCA(dir, cfg)
+	case len(missing) == 1 && missing[0] == RootKeyFile:
+		// The root key taken offline: only a rotation needs it.
+		return loadCA(dir, cfg)
 	case len(missing) > 0:
 		return nil, fmt.Errorf("%w: %s has %s but is missing %s; restore the missing files from a backup, or move the directory aside to create a new CA (devices must then be given the new root)",
 			ErrCAIncomplete, dir, strings.Join(present, ", "), strings.Join(missing, ", "))
@@ -171,9 +175,13 @@ func loadCA(dir string, cfg config) (_ *CA, err error) {
 	if err != nil {
 		return nil, err
 	}
-	rootKey, err := loadKey(dir, RootKeyFile)
-	if err != nil {
-		return nil, err
+	// The root key may be offline (only RotateIntermediate signs with
+	// it); when it is here, it must match.
+	var rootKey crypto.Signer
+	if _, err := os.Lstat(filepath.Join(dir, RootKeyFile)); err == nil {
+		if rootKey, err = loadKey(dir, RootKeyFile); err != nil {
+			return nil, err
+		}
 	}
 	inter, err := loadCertificate(dir, IntermediateCertFile)
 	if err != nil {
@@ -198,7 +206,7 @@ func loadCA(dir string, cfg config) (_ *CA, err error) {
 		what string
 	}{
 		{root.IsCA && root.CheckSignatureFrom(root) == nil, RootCertFile + " is not a self-signed CA certificate"},
-		{keyutil.VerifyPair(root.PublicKey, rootKey) == nil, RootKeyFile + " does not match " + RootCertFile},
+		{rootKey == nil || keyutil.VerifyPair(root.PublicKey, rootKey) == nil, RootKeyFile + " does not match " + RootCertFile},
 		{inter.IsCA && inter.CheckSignatureFrom(root) == nil, IntermediateCertFile + " is not a CA certificate signed by " + RootCertFile},
 		{keyutil.VerifyPair(inter.PublicKey, interKey) == nil, keyName(IntermediateKeyFile, cfg.intermediateKeyURI) + " does not match " + IntermediateCertFile},
 		{!signer.IsCA && signer.CheckSignatureFrom(inter) == nil, BundleSignerCertFile + " is not a leaf certificate signed by " + IntermediateCertFile},

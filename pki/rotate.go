@@ -91,6 +91,9 @@ func RotateIntermediate(dir string, opts *Options, next *RotateOptions) (_ *Rota
 	switch {
 	case len(present) == 0:
 		return nil, fmt.Errorf("%w: %s holds no CA; check the directory (and key URIs)", ErrCAIncomplete, dir)
+	case len(missing) == 1 && missing[0] == RootKeyFile:
+		return nil, fmt.Errorf("%w: the root key is offline (%s is not in %s): put it back for the rotation, 0600, and take it offline again afterwards",
+			ErrCAIncomplete, RootKeyFile, dir)
 	case len(missing) > 0:
 		return nil, fmt.Errorf("%w: %s has %s but is missing %s; rotation needs a complete CA",
 			ErrCAIncomplete, dir, strings.Join(present, ", "), strings.Join(missing, ", "))
