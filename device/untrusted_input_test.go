@@ -161,9 +161,12 @@ func TestEmptyCachedChain(t *testing.T) {
 	}
 }
 
-// agentWithClock is an agent whose clock is skew away from the server's.
-func agentWithClock(t *testing.T, s *server, tpmDir string, skew time.Duration) *device.Agent {
+// runWithClock runs an agent whose clock is skew away from its server's,
+// with o, and returns the server, the agent's status log and a stop.
+func runWithClock(t *testing.T, skew time.Duration, o device.RunOptions) (*server, *statusLog, func()) {
 	t.Helper()
+	tpmDir, mfr := newTPM(t)
+	s := newServer(t, newCA(t), nil, mfr, 1, nil)
 	sim, err := tpmsim.OpenState(tpmDir)
 	if err != nil {
 		t.Fatal(err)
@@ -177,18 +180,15 @@ func agentWithClock(t *testing.T, s *server, tpmDir string, skew time.Duration) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	return a
+	log, stop := runAgent(t, a, o)
+	return s, log, stop
 }
 
 // TestClockAheadDoesNotRenewBackToBack: with the device's clock 20 h ahead
 // (24 h certificates), a certificate just received is past its renewal
-// time by the device's clock; it still waits a tenth of its lifetime.
+// time by the device's clock; it is scheduled from its arrival instead.
 func TestClockAheadDoesNotRenewBackToBack(t *testing.T) {
-	tpmDir, mfr := newTPM(t)
-	ca := newCA(t)
-	s := newServer(t, ca, nil, mfr, 1, nil)
-	a := agentWithClock(t, s, tpmDir, 20*time.Hour)
-	log, stop := runAgent(t, a, device.RunOptions{})
+	s, log, stop := runWithClock(t, 20*time.Hour, device.RunOptions{})
 	log.waitFor(t, 10*time.Second, func(s device.Status) bool { return s.Ready })
 	time.Sleep(time.Second)
 	stop()
@@ -201,11 +201,7 @@ func TestClockAheadDoesNotRenewBackToBack(t *testing.T) {
 // server's, the certificate just issued is accepted (within
 // pki.BundleClockSkew) and the device is ready.
 func TestClockBehindEnrolls(t *testing.T) {
-	tpmDir, mfr := newTPM(t)
-	ca := newCA(t)
-	s := newServer(t, ca, nil, mfr, 1, nil)
-	a := agentWithClock(t, s, tpmDir, -2*time.Minute)
-	log, stop := runAgent(t, a, device.RunOptions{})
+	s, log, stop := runWithClock(t, -2*time.Minute, device.RunOptions{})
 	st := log.waitFor(t, 10*time.Second, func(s device.Status) bool { return s.Ready || s.LastError != "" })
 	stop()
 	if !st.Ready {
@@ -220,11 +216,7 @@ func TestClockBehindEnrolls(t *testing.T) {
 // clock too far behind to accept the certificate the server issued) is
 // retried with backoff, not taken for an operator's refusal and its hour.
 func TestLocalFailureIsRetried(t *testing.T) {
-	tpmDir, mfr := newTPM(t)
-	ca := newCA(t)
-	s := newServer(t, ca, nil, mfr, 1, nil)
-	a := agentWithClock(t, s, tpmDir, -10*time.Minute)
-	log, stop := runAgent(t, a, device.RunOptions{Retry: device.RetryPolicy{Base: time.Millisecond, Max: 10 * time.Millisecond}})
+	s, log, stop := runWithClock(t, -10*time.Minute, device.RunOptions{Retry: device.RetryPolicy{Base: time.Millisecond, Max: 10 * time.Millisecond}})
 	st := log.waitFor(t, 10*time.Second, func(s device.Status) bool { return s.LastError != "" })
 	log.waitFor(t, 10*time.Second, func(device.Status) bool { return s.begins.Load() >= 2 })
 	stop()
