@@ -123,12 +123,10 @@ func (s *Server) Authorize(ctx context.Context, call *Call, perm Permission, act
 	switch call.Principal.Kind {
 	case PrincipalOperator:
 		if err = s.checkOperatorRevocation(ctx, call.Principal); err != nil {
-			// A revoked credential is nobody's: its refusals are
-			// rate-limited as an anonymous caller's are.
+			// A revoked credential bounds nothing: its refusals are
+			// rate-limited as a stranger's are.
 			s.metrics.admin.WithLabelValues(action, "refused").Inc()
-			anon := *call
-			anon.Principal.Kind = PrincipalCertificate
-			s.auditRefusal(ctx, &anon, action, target, err)
+			s.recordRefusal(ctx, call, action, target, err, false)
 			return err
 		}
 		if !RolePermits(call.Principal.Role, perm) {
@@ -189,6 +187,12 @@ const (
 // caller's is within its own rate limit (adminRefusal), so that no flood of
 // anonymous calls can suppress the records of operators or of devices.
 func (s *Server) auditRefusal(ctx context.Context, call *Call, action, target string, err error) {
+	s.recordRefusal(ctx, call, action, target, err, call.Principal.Kind == PrincipalOperator)
+}
+
+// recordRefusal appends a refused call's audit record: always, or within
+// the adminRefusal rate limit.
+func (s *Server) recordRefusal(ctx context.Context, call *Call, action, target string, err error, always bool) {
 	code, msg := api.CodeInternal, err.Error()
 	var ae *api.Error
 	if errors.As(err, &ae) {
@@ -201,7 +205,7 @@ func (s *Server) auditRefusal(ctx context.Context, call *Call, action, target st
 	rec := &store.AuditRecord{Time: s.cfg.Now(), ActorKind: call.Principal.Kind, ActorName: call.Principal.Name,
 		ActorRole: string(call.Principal.Role), Action: clip(action, maxAuditActionLen), Target: clip(target, maxAuditTargetLen),
 		Outcome: outcome, Code: string(code), Message: msg, CorrelationID: call.CorrelationID}
-	if call.Principal.Kind == PrincipalOperator {
+	if always {
 		s.appendAudit(ctx, rec)
 		return
 	}
