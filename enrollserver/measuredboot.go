@@ -106,7 +106,7 @@ func (s *Server) checkMeasuredBoot(ctx context.Context, sess *store.Session, eve
 
 	// Steps 2 and 3.
 	verdict := func() error {
-		m, hit, err := s.replays.replay(eventLog, verified, sess.RequiredPCRs)
+		m, hit, err := replay(s.replays, eventLog, verified, sess.RequiredPCRs)
 		if hit {
 			s.metrics.replays.WithLabelValues("hit").Inc()
 		} else {

@@ -21,18 +21,7 @@ import (
 // would return). Only the replay is remembered: the policy (approved
 // references, secure boot) is judged at every finish, against the
 // references of the moment. Refusals are not remembered.
-type replayCache struct {
-	memo *memo[*firmware.Measurements]
-}
-
-// newReplayCache returns a cache of max entries, or nil (no caching) if max
-// is negative or zero.
-func newReplayCache(max int) *replayCache {
-	if max <= 0 {
-		return nil
-	}
-	return &replayCache{memo: newMemo[*firmware.Measurements](max)}
-}
+type replayCache = memo[*firmware.Measurements]
 
 // replayKey covers the log, each quoted PCR in index order (index, value)
 // and the required PCRs in order.
@@ -53,15 +42,14 @@ func replayKey(eventLog []byte, quoted map[int][]byte, required []int) [sha256.S
 	return k.sum()
 }
 
-// replay returns the verified view of eventLog against quoted: from the
-// cache, or from firmware.ParseMeasurements and Log.Replay (remembered on
-// success). hit reports a cache hit. A nil cache always replays.
-func (c *replayCache) replay(eventLog []byte, quoted map[int][]byte, required []int) (m *firmware.Measurements, hit bool, err error) {
+// replay returns the verified view of eventLog against quoted: from c, or
+// from firmware.ParseMeasurements and Log.Replay (remembered on success).
+// hit reports a cache hit. A nil cache always replays.
+func replay(c *replayCache, eventLog []byte, quoted map[int][]byte, required []int) (m *firmware.Measurements, hit bool, err error) {
 	var key [sha256.Size]byte
-	var mc *memo[*firmware.Measurements]
 	if c != nil {
-		mc, key = c.memo, replayKey(eventLog, quoted, required)
-		if m, ok := mc.get(key); ok {
+		key = replayKey(eventLog, quoted, required)
+		if m, ok := c.get(key); ok {
 			return m, true, nil
 		}
 	}
@@ -72,6 +60,6 @@ func (c *replayCache) replay(eventLog []byte, quoted map[int][]byte, required []
 	if m, err = lg.Replay(quoted, required); err != nil {
 		return nil, false, err
 	}
-	mc.add(key, m)
+	c.add(key, m)
 	return m, false, nil
 }

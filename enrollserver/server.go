@@ -24,6 +24,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/attest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
+	"github.com/edgeenroll/edgeenroll/firmware"
 	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/sealing"
 )
@@ -279,7 +280,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, seal: newSealKeys(),
 		refusal:      newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
 		adminRefusal: newTokenBucket(cfg.AuditRefusalsPerSecond, 10*cfg.AuditRefusalsPerSecond, cfg.Now),
-		replays:      newReplayCache(cfg.ReplayCacheSize),
+		replays:      newMemo[*firmware.Measurements](cfg.ReplayCacheSize),
 		ekVerdicts:   newMemo[ekVerdict](cfg.VerdictMemoSize),
 		akVerdicts:   newMemo[*attest.AKPublic](cfg.VerdictMemoSize)}
 	if err := m.registerStoreGauges(cfg.Registerer, cfg.Store); err != nil {
