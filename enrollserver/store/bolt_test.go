@@ -3,6 +3,7 @@ package store_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -88,5 +89,70 @@ func TestBoltMigratesSchema1(t *testing.T) {
 	}
 	if err := s.PutPreregistrations(ctx, []*store.Preregistration{{DeviceID: "dev2", Serial: "SN1"}}); !errors.Is(err, store.ErrExists) {
 		t.Errorf("serial of a migrated pre-registration taken over: %v", err)
+	}
+}
+
+// TestBoltFreelistBothWays: a store written by a build that persisted
+// bbolt's free-page list opens, takes writes that reuse freed pages, and
+// opens again in that build's mode with every page accounted for.
+func TestBoltFreelistBothWays(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "enroll.db")
+	check := func(db *bolt.DB) {
+		t.Helper()
+		var errs []error
+		db.View(func(tx *bolt.Tx) error {
+			for err := range tx.Check() { // drained: the checker runs until it closes
+				errs = append(errs, err)
+			}
+			return nil
+		})
+		if len(errs) > 0 {
+			t.Fatalf("consistency check: %v", errors.Join(errs...))
+		}
+	}
+	// Persisted freelist (bbolt's default), with freed pages on it.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 10_000)
+	for i := range 20 {
+		if err := db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte("scratch"))
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte{byte(i % 3)}, big) // rewrites free the old pages
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+
+	s, err := store.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for i := range 50 {
+		if err := s.PutPreregistrations(ctx, []*store.Preregistration{{DeviceID: fmt.Sprintf("dev%d", i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+
+	db, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	check(db)
+	if err := db.View(func(tx *bolt.Tx) error {
+		if n := tx.Bucket([]byte("preregistrations")).Stats().KeyN; n != 50 {
+			return fmt.Errorf("%d pre-registrations, want 50", n)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }
