@@ -27,6 +27,12 @@ const (
 	// PathCRL serves the current DER revocation list (application/pkix-crl)
 	// to anyone: it is signed by the CA's intermediate.
 	PathCRL = "/v1/crl"
+	// PathCRLPEM serves the revocation lists of every issuer, PEM, the
+	// intermediate in service's first: after an intermediate rotation,
+	// certificates of the retired intermediate are covered by its own list
+	// until they expire. It is the file for OpenSSL-based relying parties
+	// (mosquitto's crlfile, nginx's ssl_crl).
+	PathCRLPEM = "/v1/crl.pem"
 )
 
 // CodeForbidden: the operator certificate is valid but lacks the role.

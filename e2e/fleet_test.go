@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -493,6 +494,16 @@ func TestFleetRevokeAndConfig(t *testing.T) {
 	file, err := x509.ParseRevocationList([]byte(readFile(t, filepath.Join(s.dataDir, "crl.der"))))
 	if err != nil || len(file.RevokedCertificateEntries) != 3 {
 		t.Fatalf("crl.der: %v", err)
+	}
+	// Every issuer's list, PEM (one issuer: no rotation here).
+	for what, data := range map[string][]byte{api.PathCRLPEM: httpGet(t, s, nil, api.PathCRLPEM, http.StatusOK), "crl.pem": []byte(readFile(t, filepath.Join(s.dataDir, "crl.pem")))} {
+		block, rest := pem.Decode(data)
+		if block == nil || block.Type != "X509 CRL" || len(bytes.TrimSpace(rest)) != 0 {
+			t.Fatalf("%s: want one PEM CRL, got %q", what, data)
+		}
+		if l, err := x509.ParseRevocationList(block.Bytes); err != nil || l.Number.Cmp(list.Number) < 0 || len(l.RevokedCertificateEntries) != 3 {
+			t.Errorf("%s: %v, %+v", what, err, l)
+		}
 	}
 	s.ctl(t, 0, "", "devices", "revoke", d.id, "--reason", "again") // unchanged
 

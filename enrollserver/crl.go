@@ -20,7 +20,11 @@ type crlState struct {
 }
 
 type signedCRL struct {
+	// der is the intermediate in service's list; all is every issuer's
+	// (der first): after a rotation, the retired intermediates still sign
+	// lists for the certificates they issued (pki.CA.SignCRLs).
 	der        []byte
+	all        [][]byte
 	number     uint64
 	thisUpdate time.Time
 	nextUpdate time.Time
@@ -33,8 +37,10 @@ func (c *crlState) current() *signedCRL {
 }
 
 // RefreshCRL signs a new CRL of every revoked certificate not yet expired,
-// with the next CRL number, and hands it to Config.OnCRL. The daemon calls
-// it at start and every CRLLifetime/4; revocations call it at once.
+// with the next CRL number, once per issuer (pki.CA.SignCRLs), and hands
+// them to Config.OnCRL; it returns the list of the intermediate in
+// service. The daemon calls it at start and every CRLLifetime/4;
+// revocations call it at once.
 func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
 	s.crl.mu.Lock()
 	defer s.crl.mu.Unlock()
@@ -66,29 +72,53 @@ func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("numbering crl: %w", err)
 	}
 	c := &signedCRL{number: number, thisUpdate: now, nextUpdate: now.Add(s.cfg.CRLLifetime)}
-	if c.der, err = s.cfg.CA.SignCRL(pki.CRLRequest{Number: number, ThisUpdate: now, NextUpdate: c.nextUpdate, Revoked: revoked}); err != nil {
+	if c.all, err = s.cfg.CA.SignCRLs(pki.CRLRequest{Number: number, ThisUpdate: now, NextUpdate: c.nextUpdate, Revoked: revoked}); err != nil {
 		return nil, err
 	}
+	c.der = c.all[0]
 	s.crl.curM.Lock()
 	s.crl.cur = c
 	s.crl.curM.Unlock()
 	s.metrics.crlEntries.Set(float64(len(revoked)))
 	if s.cfg.OnCRL != nil {
-		if err := s.cfg.OnCRL(c.der); err != nil {
+		if err := s.cfg.OnCRL(c.all); err != nil {
 			s.log.LogAttrs(ctx, slog.LevelError, "publishing crl", slog.String("err", err.Error()))
 		}
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "crl signed", slog.Uint64("crl_number", number), slog.Int("entries", len(revoked)), slog.Time("next_update", c.nextUpdate))
+	s.log.LogAttrs(ctx, slog.LevelInfo, "crl signed", slog.Uint64("crl_number", number), slog.Int("entries", len(revoked)),
+		slog.Int("issuers", len(c.all)), slog.Time("next_update", c.nextUpdate))
 	return c.der, nil
 }
 
-// CRL returns the current DER revocation list, signing one if there is
-// none yet or the current one is past half its lifetime.
+// CRL returns the current DER revocation list of the intermediate in
+// service, signing one if there is none yet or the current one is past
+// half its lifetime.
 func (s *Server) CRL(ctx context.Context) ([]byte, error) {
-	if c := s.crl.current(); c != nil && s.cfg.Now().Before(c.thisUpdate.Add(s.cfg.CRLLifetime/2)) {
-		return c.der, nil
+	c, err := s.freshCRL(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return s.RefreshCRL(ctx)
+	return c.der, nil
+}
+
+// CRLs is CRL with the lists of the retired intermediates after it, one
+// per issuer (pki.CA.SignCRLs).
+func (s *Server) CRLs(ctx context.Context) ([][]byte, error) {
+	c, err := s.freshCRL(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.all, nil
+}
+
+func (s *Server) freshCRL(ctx context.Context) (*signedCRL, error) {
+	if c := s.crl.current(); c != nil && s.cfg.Now().Before(c.thisUpdate.Add(s.cfg.CRLLifetime/2)) {
+		return c, nil
+	}
+	if _, err := s.RefreshCRL(ctx); err != nil {
+		return nil, err
+	}
+	return s.crl.current(), nil
 }
 
 // CRLRefreshInterval is how often the daemon should call RefreshCRL.

@@ -185,7 +185,7 @@ func TestRevocation(t *testing.T) {
 	ctx := context.Background()
 	var crls [][]byte
 	e := newEnv(t, func(c *enrollserver.Config) {
-		c.OnCRL = func(der []byte) error { crls = append(crls, der); return nil }
+		c.OnCRL = func(all [][]byte) error { crls = append(crls, all[0]); return nil }
 	})
 	d := newDevice(t, e.mfr)
 	id := deviceID(d.ekDER)

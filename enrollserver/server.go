@@ -110,9 +110,11 @@ type Config struct {
 	// revocation list; 0 means DefaultCRLLifetime. RefreshCRL must run
 	// more often (the daemon runs it every CRLLifetime/4).
 	CRLLifetime time.Duration
-	// OnCRL, if set, receives every newly signed CRL (DER), such as to
-	// publish it as a file. An error is logged, not fatal.
-	OnCRL func(der []byte) error
+	// OnCRL, if set, receives every newly signed set of CRLs (DER, one per
+	// issuer: the intermediate in service's first, then those of retired
+	// intermediates, see pki.CA.SignCRLs), such as to publish them as
+	// files. An error is logged, not fatal.
+	OnCRL func(crls [][]byte) error
 	// ReplayCacheSize bounds the verified event-log replays remembered
 	// for devices that send the same log against the same PCR values
 	// again (see replayCache); 0 means DefaultReplayCacheSize, a

@@ -36,6 +36,9 @@ type CA struct {
 	intermediateKey crypto.Signer
 	bundleSigner    *x509.Certificate
 	bundleKey       crypto.Signer
+	// retired are the intermediates rotations replaced that have not
+	// expired (loadRetired).
+	retired []*RetiredIntermediate
 
 	// bundleHeader is the protected header of every bundle SignBundle
 	// signs (bundleJWSHeader).
@@ -218,7 +221,13 @@ func loadCA(dir string, cfg config) (_ *CA, err error) {
 			return nil, fmt.Errorf("%w: in %s: %s", ErrCACorrupt, dir, c.what)
 		}
 	}
-	return newCA(cfg, keys, root, inter, interKey, signer, signerKey), nil
+	retired, err := loadRetired(dir, cfg, keys, root, inter)
+	if err != nil {
+		return nil, err
+	}
+	ca := newCA(cfg, keys, root, inter, interKey, signer, signerKey)
+	ca.retired = retired
+	return ca, nil
 }
 
 func newCA(cfg config, keys *caKeys, root, inter *x509.Certificate, interKey crypto.Signer, signer *x509.Certificate, signerKey crypto.Signer) *CA {

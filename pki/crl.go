@@ -1,8 +1,10 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -43,11 +45,26 @@ type CRLRequest struct {
 	Revoked                []RevokedCertificate
 }
 
+// EncodeCRLsPEM encodes DER revocation lists as one PEM file, the form
+// OpenSSL reads several CRLs from.
+func EncodeCRLsPEM(crls [][]byte) []byte {
+	var out []byte
+	for _, der := range crls {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})...)
+	}
+	return out
+}
+
 // SignCRL signs a DER revocation list with the intermediate: the issuer of
 // every certificate pki issues below the root. It checks the form of the
 // request (number > 0, NextUpdate after ThisUpdate, at most MaxCRLEntries
-// entries), not which certificates belong on it.
+// entries), not which certificates belong on it. After a rotation, SignCRLs
+// also signs the lists of the retired intermediates.
 func (ca *CA) SignCRL(req CRLRequest) ([]byte, error) {
+	return signCRL(req, ca.intermediate, ca.intermediateKey)
+}
+
+func signCRL(req CRLRequest, issuer *x509.Certificate, key crypto.Signer) ([]byte, error) {
 	if req.Number == 0 {
 		return nil, fmt.Errorf("%w: crl number must be at least 1", ErrCRL)
 	}
@@ -74,7 +91,7 @@ func (ca *CA) SignCRL(req CRLRequest) ([]byte, error) {
 		ThisUpdate:                req.ThisUpdate.UTC(),
 		NextUpdate:                req.NextUpdate.UTC(),
 		RevokedCertificateEntries: entries,
-	}, ca.intermediate, ca.intermediateKey)
+	}, issuer, key)
 	if err != nil {
 		return nil, fmt.Errorf("signing crl: %w", err)
 	}

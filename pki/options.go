@@ -36,6 +36,14 @@ type Options struct {
 	// The key must exist: a new CA certifies it, and loading checks it
 	// matches its certificate. The bundle signer key must be ECDSA P-256.
 	IntermediateKeyURI, BundleSignerKeyURI string
+
+	// RetiredIntermediateKeyURIs name, in a KMS, the keys of intermediates
+	// that RotateIntermediate replaced, so that their CRLs are still
+	// signed while certificates they issued may be valid (see
+	// RetiredIntermediate). A retired key kept in a file stays in the
+	// rotation's archive directory and needs no URI. Each URI is matched to
+	// an archived intermediate by its public key.
+	RetiredIntermediateKeyURIs []string
 }
 
 // DefaultOptions returns the options used when nil is passed.
@@ -56,6 +64,8 @@ type config struct {
 	intermediateLifetime time.Duration
 	intermediateKeyURI   string
 	bundleSignerKeyURI   string
+	// retiredIntermediateKeyURIs: Options.RetiredIntermediateKeyURIs.
+	retiredIntermediateKeyURIs []string
 }
 
 // buildConfig applies defaults to opts and reports every invalid field at
@@ -72,6 +82,8 @@ func buildConfig(opts *Options) (config, error) {
 		intermediateLifetime: orDefault(opts.IntermediateLifetime, def.IntermediateLifetime),
 		intermediateKeyURI:   opts.IntermediateKeyURI,
 		bundleSignerKeyURI:   opts.BundleSignerKeyURI,
+
+		retiredIntermediateKeyURIs: opts.RetiredIntermediateKeyURIs,
 	}
 	if c.now == nil {
 		c.now = def.Now
@@ -95,6 +107,15 @@ func buildConfig(opts *Options) (config, error) {
 	}
 	if err := validateKeyURI("bundle signer key URI", c.bundleSignerKeyURI); err != nil {
 		errs = append(errs, err)
+	}
+	for _, uri := range c.retiredIntermediateKeyURIs {
+		if uri == "" || uri == c.intermediateKeyURI || uri == c.bundleSignerKeyURI {
+			errs = append(errs, errors.New("a retired intermediate key URI is empty or names a key in service; give the URI of the replaced intermediate's key"))
+			continue
+		}
+		if err := validateKeyURI("retired intermediate key URI", uri); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.intermediateKeyURI != "" && c.intermediateKeyURI == c.bundleSignerKeyURI {
 		errs = append(errs, errors.New("intermediate and bundle signer key URIs name the same key; give each its own key"))

@@ -56,12 +56,16 @@ type Rotation struct {
 // before the rotation keep verifying until they expire (their chains carry
 // the old intermediate, which is not revoked), cached bundles signed by the
 // old bundle signer too; a CA loaded afterwards issues leaves and signs
-// bundles and CRLs with the new intermediate. A running enrolld keeps the
-// old CA in memory until it restarts.
+// bundles with the new intermediate. A running enrolld keeps the old CA in
+// memory until it restarts. CRLs are signed by both (SignCRLs): the old
+// intermediate's certificates need a CRL from their own issuer.
 //
 // The replaced files are first hard-linked into dir/archive/<UTC time>/
-// (keys stay 0600 there: delete them once the new intermediate is in
-// service), then each new file atomically replaces its old one. A crash in
+// (keys stay 0600 there; keep the old intermediate's key until the
+// certificates it issued have expired, MaxLeafLifetime or the leaf lifetime
+// in use after every enrolld restarted, since it signs their CRL; an old
+// key in a KMS is named by Options.RetiredIntermediateKeyURIs), then each
+// new file atomically replaces its old one. A crash in
 // between leaves a directory that LoadOrCreateCA refuses (ErrCACorrupt),
 // never one it misuses; copying the archived files back restores the old
 // CA.
@@ -168,7 +172,7 @@ func RotateIntermediate(dir string, opts *Options, next *RotateOptions) (_ *Rota
 	}()
 
 	// 4. Archive, then replace.
-	archive := filepath.Join(dir, ArchiveDir, now.UTC().Format("20060102T150405Z"))
+	archive := filepath.Join(dir, ArchiveDir, now.UTC().Format(archiveTimeLayout))
 	if err := os.MkdirAll(filepath.Dir(archive), dirMode); err != nil {
 		return nil, fmt.Errorf("creating archive directory: %w", err)
 	}

@@ -136,6 +136,7 @@ func serveCmd() *cobra.Command {
 func caKeyFlags(fl *pflag.FlagSet, c *daemon.IssuerConfig) {
 	fl.StringVar(&c.IntermediateKeyURI, "intermediate-key-uri", "", "the CA's intermediate key is in a KMS, not in <data-dir>/ca: softkms:path=/FILE (PEM, 0600) or pkcs11:... (builds with -tags pkcs11)")
 	fl.StringVar(&c.BundleSignerKeyURI, "bundle-signer-key-uri", "", "the bundle signer's key (ECDSA P-256) is in a KMS, not in <data-dir>/ca")
+	fl.StringArrayVar(&c.RetiredIntermediateKeyURIs, "retired-intermediate-key-uri", nil, "KMS key of an intermediate that ca rotate-intermediate replaced (repeatable), so that its CRL is signed until its certificates expire; a retired key file stays in <data-dir>/ca/archive and needs no flag")
 }
 
 func caCmd() *cobra.Command {
@@ -184,7 +185,10 @@ func rotateIntermediateCmd() *cobra.Command {
 		Long: `Creates a new intermediate certificate signed by the unchanged root, and a new bundle
 signer certificate under it. Devices trust the root, so none re-enrolls: certificates issued
 before keep verifying until they expire; new ones chain through the new intermediate.
-The replaced files are kept in <data-dir>/ca/archive/<time>/. Restart enrolld afterwards.`,
+The replaced files are kept in <data-dir>/ca/archive/<time>/. Restart enrolld afterwards.
+Certificates of the old intermediate need a CRL signed by it: enrolld signs one with every
+retired intermediate whose key it has (the archived key file, or --retired-intermediate-key-uri)
+and publishes all lists in <data-dir>/crl.pem and at GET /v1/crl.pem.`,
 		Example: `  enrolld ca rotate-intermediate --data-dir /var/lib/enrolld
   enrolld ca rotate-intermediate --data-dir /var/lib/enrolld \
       --intermediate-key-uri softkms:path=/srv/keys/intermediate-2026.key --new-intermediate-key-uri softkms:path=/srv/keys/intermediate-2027.key`,
@@ -194,7 +198,7 @@ The replaced files are kept in <data-dir>/ca/archive/<time>/. Restart enrolld af
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "new intermediate serial %x, valid until %s (was %x)\nnew bundle signer serial %x\nreplaced files archived in %s (delete the archived keys once the new intermediate is in service)\nrestart enrolld to use it\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "new intermediate serial %x, valid until %s (was %x)\nnew bundle signer serial %x\nreplaced files archived in %s: keep the old intermediate's key there (or its KMS key, named with --retired-intermediate-key-uri) until the certificates it issued have expired, the leaf lifetime after every enrolld restarted, since it signs their CRL\nrestart enrolld to use it\n",
 				rot.NewIntermediate.SerialNumber, rot.NewIntermediate.NotAfter.UTC().Format(time.RFC3339), rot.OldIntermediate.SerialNumber,
 				rot.NewBundleSigner.SerialNumber, rot.Archive)
 			return nil

@@ -123,6 +123,23 @@ func storePath(dataDir string) string { return filepath.Join(dataDir, "enroll.db
 // rewritten atomically at every change; GET /v1/crl serves the same list.
 func CRLPath(dataDir string) string { return filepath.Join(dataDir, "crl.der") }
 
+// warnRetired logs each retired intermediate whose certificates may still
+// be valid but whose CRL cannot be signed: its key was deleted from the
+// archive, or is in a KMS that no --retired-intermediate-key-uri names.
+func warnRetired(log *slog.Logger, ca *pki.CA, now time.Time) {
+	for _, r := range ca.RetiredIntermediates() {
+		if !r.CanSignCRL && r.MayHaveValidCertificates(now) {
+			log.Warn("a retired intermediate's certificates may still be valid, but its key is gone: their revocations reach no CRL; put its key back in the archive, or name it with --retired-intermediate-key-uri",
+				"archive", r.Archive, "retired_at", r.RetiredAt, "intermediate_serial", r.Certificate.SerialNumber.Text(16))
+		}
+	}
+}
+
+// CRLPEMPath is where enrolld publishes every issuer's revocation list,
+// PEM (api.PathCRLPEM): the file for OpenSSL-based relying parties, which
+// after an intermediate rotation need the retired intermediate's list too.
+func CRLPEMPath(dataDir string) string { return filepath.Join(dataDir, "crl.pem") }
+
 // RootCertPath is where the enrollment root certificate lives: what devices
 // must be given as their trust anchor.
 func RootCertPath(dataDir string) string { return filepath.Join(caDir(dataDir), "root_ca.crt") }
@@ -149,6 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	warnRetired(log, ca, time.Now())
 	if issued, err := ensureOperatorCredential(AdminDir(cfg.DataDir), ca, time.Now()); err != nil {
 		return err
 	} else if issued {
@@ -199,8 +217,9 @@ func Run(ctx context.Context, cfg Config) error {
 		DefaultGroup: cfg.DefaultGroup, DefaultAdmission: cfg.DefaultAdmission, OpenMode: cfg.OpenMode,
 		MaxPending: cfg.MaxPending, PendingTTL: cfg.PendingTTL, PendingRetryAfter: cfg.PendingRetryAfter,
 		CRLLifetime: cfg.CRLLifetime, PCRs: cfg.PCRs, VerdictMemoSize: cfg.VerdictMemoSize,
-		OnCRL: func(der []byte) error {
-			return atomicfile.Write(CRLPath(cfg.DataDir), der, 0o644)
+		OnCRL: func(crls [][]byte) error {
+			return errors.Join(atomicfile.Write(CRLPath(cfg.DataDir), crls[0], 0o644),
+				atomicfile.Write(CRLPEMPath(cfg.DataDir), pki.EncodeCRLsPEM(crls), 0o644))
 		},
 		Logger: log, Registerer: reg,
 	})

@@ -49,6 +49,8 @@ type IssuerConfig struct {
 	// IntermediateKeyURI and BundleSignerKeyURI keep the embedded CA's
 	// keys in a KMS instead of <data-dir>/ca; see pki.Options.
 	IntermediateKeyURI, BundleSignerKeyURI string
+	// RetiredIntermediateKeyURIs: pki.Options.RetiredIntermediateKeyURIs.
+	RetiredIntermediateKeyURIs []string
 }
 
 // StepCAConfig names the step-ca and the provisioner enrolld signs one-time
@@ -91,6 +93,7 @@ func (sc StepCAConfig) anySet() bool {
 // caOptions adds the KMS key URIs to the embedded CA's options.
 func (c IssuerConfig) caOptions(opts *pki.Options) *pki.Options {
 	opts.IntermediateKeyURI, opts.BundleSignerKeyURI = c.IntermediateKeyURI, c.BundleSignerKeyURI
+	opts.RetiredIntermediateKeyURIs = c.RetiredIntermediateKeyURIs
 	return opts
 }
 

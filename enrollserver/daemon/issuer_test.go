@@ -417,6 +417,30 @@ func TestRotateIntermediateKeepsDevicesEnrolled(t *testing.T) {
 	if who, err := a.Whoami(context.Background()); err != nil || who.DeviceID != a.DeviceID() {
 		t.Errorf("whoami after the re-enrollment: %+v, %v", who, err)
 	}
+	// Revocation still covers the pre-rotation certificate: crl.pem holds
+	// a list signed by the old intermediate, under the leaf's issuer key.
+	data, err := os.ReadFile(daemon.CRLPEMPath(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	covers := func(leaf, issuer *x509.Certificate) bool {
+		for rest := data; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				return false
+			}
+			crl, err := x509.ParseRevocationList(block.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Equal(crl.AuthorityKeyId, leaf.AuthorityKeyId) && bytes.Equal(crl.RawIssuer, leaf.RawIssuer) && crl.CheckSignatureFrom(issuer) == nil {
+				return true
+			}
+		}
+	}
+	if !covers(before.Leaf, rot.OldIntermediate) || !covers(after.Leaf, rot.NewIntermediate) {
+		t.Errorf("crl.pem does not cover the certificates of both intermediates")
+	}
 }
 
 // withX5C configures enrolld for sca's X5C provisioner instead of its JWK

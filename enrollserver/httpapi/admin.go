@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 // adminRoute is one admin endpoint: the audit action it performs and the
@@ -503,4 +504,15 @@ func (h *handler) crl(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", ContentTypeCRL)
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Write(der)
+}
+
+func (h *handler) crlPEM(w http.ResponseWriter, r *http.Request) {
+	crls, err := h.srv.CRLs(r.Context())
+	if err != nil {
+		h.fail(w, r, correlationID(r), err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(pki.EncodeCRLsPEM(crls))
 }

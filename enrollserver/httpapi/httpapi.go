@@ -65,6 +65,7 @@ func NewHandler(srv *enrollserver.Server, opts Options) http.Handler {
 	mux.HandleFunc("POST "+api.PathFinish, shed.wrap(h.finish, true))
 	mux.HandleFunc("GET "+api.PathWhoami, h.whoami)
 	mux.HandleFunc("GET "+api.PathCRL, h.crl)
+	mux.HandleFunc("GET "+api.PathCRLPEM, h.crlPEM)
 	h.registerAdmin(mux)
 	mux.HandleFunc("GET "+api.PathHealthz, func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
