@@ -492,25 +492,32 @@ func TestSetGroupRefusesLostUpdate(t *testing.T) {
 	}
 }
 
-// TestAdminClearsAbandonedImport: staged imports left by a station that
-// died hold every slot; an admin can abort them (audited), another
-// factory credential cannot, and the line can import again.
+// TestAdminClearsAbandonedImport: one station holds at most its share of
+// the staged imports; two that died hold every slot; an admin can abort
+// them (audited), another factory credential cannot, and the line can
+// import again.
 func TestAdminClearsAbandonedImport(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	op := func(name string, role pki.Role) *enrollserver.Call {
 		return &enrollserver.Call{CorrelationID: name, Principal: enrollserver.Principal{Kind: enrollserver.PrincipalOperator, Name: name, Role: role}}
 	}
-	st3, st4, admin := op("station-3", pki.RoleFactory), op("station-4", pki.RoleFactory), op("root", pki.RoleAdmin)
+	st2, st3, st4, admin := op("station-2", pki.RoleFactory), op("station-3", pki.RoleFactory), op("station-4", pki.RoleFactory), op("root", pki.RoleAdmin)
 	var ids []string
-	for range api.MaxOpenImports {
-		r, err := e.srv.StartImport(ctx, st3, &api.ImportStartRequest{Source: "interrupted.csv"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, r.ImportID)
-	}
 	var ae *api.Error
+	for _, st := range []*enrollserver.Call{st3, st2} {
+		for range api.MaxOpenImportsPerOperator {
+			r, err := e.srv.StartImport(ctx, st, &api.ImportStartRequest{Source: "interrupted.csv"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, r.ImportID)
+		}
+		if _, err := e.srv.StartImport(ctx, st, &api.ImportStartRequest{Source: "more.csv"}); !errors.As(err, &ae) || ae.Code != api.CodeBusy ||
+			(st == st3 && !strings.Contains(ae.Message, "its share")) {
+			t.Fatalf("%s past its share: %v, want busy naming the share while others have room", st.Principal.Name, err)
+		}
+	}
 	if _, err := e.srv.StartImport(ctx, st4, &api.ImportStartRequest{Source: "batch.csv"}); !errors.As(err, &ae) || ae.Code != api.CodeBusy {
 		t.Fatalf("a start past the open imports: %v, want busy", err)
 	}

@@ -19,7 +19,8 @@ import (
 // every staged row in one store transaction — all or nothing unless the
 // import is partial. A large file thus crosses the network in bounded
 // requests yet commits atomically. Staged imports expire after
-// api.ImportStagingTTL; at most api.MaxOpenImports are open at once.
+// api.ImportStagingTTL; at most api.MaxOpenImports are open at once, and
+// api.MaxOpenImportsPerOperator of one operator's.
 
 // StartImport opens a staged import (PermImport).
 func (s *Server) StartImport(ctx context.Context, call *Call, req *api.ImportStartRequest) (*api.ImportStartResponse, error) {
@@ -30,10 +31,14 @@ func (s *Server) StartImport(ctx context.Context, call *Call, req *api.ImportSta
 	now := s.cfg.Now()
 	b := &store.ImportBatch{ID: id, Operator: call.Principal.String(), Source: req.Source, SHA256: req.SHA256,
 		Partial: req.Partial, DryRun: req.DryRun, CreatedAt: now, ExpiresAt: now.Add(api.ImportStagingTTL), CorrelationID: call.CorrelationID}
-	if err := s.cfg.Store.CreateImport(ctx, b, api.MaxOpenImports); err != nil {
-		if errors.Is(err, store.ErrTooManyImports) {
+	if err := s.cfg.Store.CreateImport(ctx, b, api.MaxOpenImports, api.MaxOpenImportsPerOperator); err != nil {
+		switch {
+		case errors.Is(err, store.ErrTooManyImports):
 			return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy,
 				Message: fmt.Sprintf("%d imports are staged already; commit or abort one, or wait for them to expire", api.MaxOpenImports), RetryAfterSeconds: 60})
+		case errors.Is(err, store.ErrOperatorImports):
+			return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy,
+				Message: fmt.Sprintf("%s has %d imports staged already, its share; commit or abort one (enrollctl import --abort), or wait for them to expire", call.Principal, api.MaxOpenImportsPerOperator), RetryAfterSeconds: 60})
 		}
 		return nil, err
 	}

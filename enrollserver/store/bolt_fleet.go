@@ -602,7 +602,7 @@ var (
 )
 
 // CreateImport implements Store.
-func (s *Bolt) CreateImport(ctx context.Context, b *ImportBatch, max int) error {
+func (s *Bolt) CreateImport(ctx context.Context, b *ImportBatch, max, perOperator int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -612,21 +612,21 @@ func (s *Bolt) CreateImport(ctx context.Context, b *ImportBatch, max int) error 
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		imports := tx.Bucket(bucketImports)
-		open := 0
+		var open OpenImports
 		if err := imports.ForEachBucket(func(k []byte) error {
 			ob, err := getJSON[ImportBatch](imports.Bucket(k), keyBatch)
 			if err != nil {
 				return err
 			}
-			if ob != nil && b.CreatedAt.Before(ob.ExpiresAt) {
-				open++
+			if ob != nil {
+				open.Add(b, ob)
 			}
 			return nil
 		}); err != nil {
 			return err
 		}
-		if open >= max {
-			return ErrTooManyImports
+		if err := open.Check(max, perOperator); err != nil {
+			return err
 		}
 		if imports.Bucket([]byte(b.ID)) != nil {
 			return fmt.Errorf("import %s: %w", b.ID, ErrExists)

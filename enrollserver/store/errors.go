@@ -32,6 +32,9 @@ var (
 	ErrPendingFull = errors.New("store: pending device list is full")
 	// ErrTooManyImports: CreateImport found MaxOpen imports staged.
 	ErrTooManyImports = errors.New("store: too many open imports")
+	// ErrOperatorImports: CreateImport found the operator's share of the
+	// open imports taken.
+	ErrOperatorImports = errors.New("store: the operator has too many open imports")
 	// ErrImportExpired: the staged import's TTL has passed.
 	ErrImportExpired = errors.New("store: import expired")
 	// ErrImportTooLarge: staging more rows would exceed the import's cap.

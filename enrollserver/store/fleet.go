@@ -69,8 +69,10 @@ type FleetStore interface {
 	MergePreregistrations(ctx context.Context, plan func(PreregReader) (*PreregPlan, error)) error
 
 	// CreateImport opens a staged import unless max are open already
-	// (ErrTooManyImports, expired ones not counted). b.ID must be new.
-	CreateImport(ctx context.Context, b *ImportBatch, max int) error
+	// (ErrTooManyImports), or perOperator of b.Operator's
+	// (ErrOperatorImports); expired ones are not counted. b.ID must be
+	// new.
+	CreateImport(ctx context.Context, b *ImportBatch, max, perOperator int) error
 	// Import returns a staged import (ErrNotFound).
 	Import(ctx context.Context, id string) (*ImportBatch, error)
 	// StageImport adds rows and row errors to a staged import, refusing
@@ -264,4 +266,31 @@ type Stats struct {
 	Revocations      int
 	AuditRecords     uint64
 	CRLNumber        uint64
+}
+
+// OpenImports counts, for CreateImport, the staged imports still open
+// when b is created: all of them, and those of b's operator. Add each
+// staged import, then Check.
+type OpenImports struct{ all, operator int }
+
+// Add counts open if it is still open when b is created.
+func (o *OpenImports) Add(b, open *ImportBatch) {
+	if b.CreatedAt.Before(open.ExpiresAt) {
+		o.all++
+		if open.Operator == b.Operator {
+			o.operator++
+		}
+	}
+}
+
+// Check returns ErrTooManyImports or ErrOperatorImports when one more may
+// not open.
+func (o *OpenImports) Check(max, perOperator int) error {
+	switch {
+	case o.all >= max:
+		return ErrTooManyImports
+	case o.operator >= perOperator:
+		return ErrOperatorImports
+	}
+	return nil
 }

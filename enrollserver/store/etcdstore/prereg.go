@@ -334,27 +334,25 @@ func (s *Store) MergePreregistrations(ctx context.Context, plan func(store.Prere
 
 // CreateImport implements store.Store. It counts the open imports with a
 // guarded range read (an import deleted meanwhile only lowers the count).
-func (s *Store) CreateImport(ctx context.Context, b *store.ImportBatch, max int) error {
+func (s *Store) CreateImport(ctx context.Context, b *store.ImportBatch, max, perOperator int) error {
 	v, err := encode(b)
 	if err != nil {
 		return err
 	}
 	return s.update(ctx, func(t *txn) error {
-		open := 0
+		var open store.OpenImports
 		if err := t.scan(s.k.importBatches(), end(s.k.importBatches()), false, func(kv *mvccpb.KeyValue) (bool, error) {
 			ob, err := decode[store.ImportBatch](kv)
 			if err != nil {
 				return false, err
 			}
-			if b.CreatedAt.Before(ob.ExpiresAt) {
-				open++
-			}
+			open.Add(b, ob)
 			return true, nil
 		}); err != nil {
 			return err
 		}
-		if open >= max {
-			return store.ErrTooManyImports
+		if err := open.Check(max, perOperator); err != nil {
+			return err
 		}
 		kv, err := t.getOne(s.k.importBatch(b.ID))
 		if err != nil {

@@ -85,7 +85,7 @@ func testBulkMerge(t *testing.T, s store.Store) {
 
 func testBulkImport(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "big", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 4); err != nil {
+	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "big", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 4, 4); err != nil {
 		t.Fatal(err)
 	}
 	// Staged in two chunks, the second before the first in line order.

@@ -462,10 +462,10 @@ func testMergePrereg(t *testing.T, s store.Store) {
 func testImport(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	b := &store.ImportBatch{ID: "i1", Operator: "factory/x", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
-	if err := s.CreateImport(ctx, b, 4); err != nil {
+	if err := s.CreateImport(ctx, b, 4, 4); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CreateImport(ctx, b, 4); !errors.Is(err, store.ErrExists) {
+	if err := s.CreateImport(ctx, b, 4, 4); !errors.Is(err, store.ErrExists) {
 		t.Errorf("same ID again: %v", err)
 	}
 	rows := []*store.StagedRow{{Line: 3, DeviceID: "b", Serial: "SN2"}, {Line: 2, DeviceID: "a", Serial: "SN1"}}
@@ -501,7 +501,7 @@ func testImport(t *testing.T, s store.Store) {
 		t.Errorf("import after commit: %v, want ErrNotFound", err)
 	}
 	// A plan error writes nothing and keeps the import.
-	s.CreateImport(ctx, &store.ImportBatch{ID: "i2", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 4)
+	s.CreateImport(ctx, &store.ImportBatch{ID: "i2", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 4, 4)
 	s.StageImport(ctx, "i2", t0, []*store.StagedRow{{Line: 2, DeviceID: "c"}}, nil, 100)
 	boom := errors.New("boom")
 	if err := s.CommitImport(ctx, "i2", t0, func(*store.ImportBatch, []*store.StagedRow, store.PreregReader) (*store.PreregPlan, error) {
@@ -523,12 +523,23 @@ func testImport(t *testing.T, s store.Store) {
 func testImportLimits(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	for i := range 2 {
-		if err := s.CreateImport(ctx, &store.ImportBatch{ID: fmt.Sprint(i), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 2); err != nil {
+		if err := s.CreateImport(ctx, &store.ImportBatch{ID: fmt.Sprint(i), Operator: fmt.Sprint("station-", i), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 2, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "x", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 2); !errors.Is(err, store.ErrTooManyImports) {
+	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "x", Operator: "station-9", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 2, 1); !errors.Is(err, store.ErrTooManyImports) {
 		t.Errorf("third import with max 2: %v", err)
+	}
+	// One operator's share: station-0 holds one of at most one, while
+	// others still have room.
+	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "x", Operator: "station-0", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 3, 1); !errors.Is(err, store.ErrOperatorImports) {
+		t.Errorf("second import of one operator with a share of 1: %v", err)
+	}
+	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "x", Operator: "station-2", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 3, 1); err != nil {
+		t.Errorf("another operator's first import: %v", err)
+	}
+	if err := s.DeleteImport(ctx, "x"); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.StageImport(ctx, "0", t0, []*store.StagedRow{{Line: 1}, {Line: 2}, {Line: 3}}, nil, 2); !errors.Is(err, store.ErrImportTooLarge) {
 		t.Errorf("3 rows with max 2: %v", err)
@@ -542,7 +553,7 @@ func testImportLimits(t *testing.T, s store.Store) {
 	if n, err := s.PurgeExpiredImports(ctx, t0.Add(time.Hour)); err != nil || n != 2 {
 		t.Errorf("purge = %d, %v; want 2", n, err)
 	}
-	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "y", CreatedAt: t0.Add(time.Hour), ExpiresAt: t0.Add(2 * time.Hour)}, 2); err != nil {
+	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "y", Operator: "station-0", CreatedAt: t0.Add(time.Hour), ExpiresAt: t0.Add(2 * time.Hour)}, 2, 1); err != nil {
 		t.Errorf("after purge: %v", err)
 	}
 }
