@@ -26,8 +26,8 @@ import (
 	"github.com/edgeenroll/edgeenroll/device"
 	"github.com/edgeenroll/edgeenroll/device/cache"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
-	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
@@ -52,18 +52,9 @@ type server struct {
 // benchServer serves enrollment for a benchmark and returns its URL.
 func benchServer(b *testing.B, ca *pki.CA, mfr *tpmsim.Manufacturer) string {
 	b.Helper()
-	dir := b.TempDir()
 	roots := x509.NewCertPool()
 	roots.AddCert(mfr.Certificate)
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca, ManufacturerRoots: roots})
-	if err != nil {
-		b.Fatal(err)
-	}
+	srv := enrollservertest.New(b, enrollserver.Config{CA: ca, ManufacturerRoots: roots}, nil).Server
 	ts := httptest.NewUnstartedServer(httpapi.NewHandler(srv, httpapi.Options{}))
 	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {
@@ -77,25 +68,16 @@ func benchServer(b *testing.B, ca *pki.CA, mfr *tpmsim.Manufacturer) string {
 
 func newServer(t *testing.T, ca *pki.CA, issuer pki.Issuer, mfr *tpmsim.Manufacturer, version uint64, rewrite func(*api.FinishResponse), opts ...func(*enrollserver.Config)) *server {
 	t.Helper()
-	dir := t.TempDir()
 	roots := x509.NewCertPool()
 	roots.AddCert(mfr.Certificate)
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	cfg := enrollserver.Config{
-		Store: st, CA: ca, Issuer: issuer, ManufacturerRoots: roots,
+		CA: ca, Issuer: issuer, ManufacturerRoots: roots,
 		Bundles: enrollserver.StaticBundle{Version: version, Config: json.RawMessage(`{"v":1}`)},
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	srv, err := enrollserver.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := enrollservertest.New(t, cfg, nil).Server
 	h := httpapi.NewHandler(srv, httpapi.Options{})
 	if rewrite != nil {
 		h = rewriting(h, api.PathFinish, rewrite)

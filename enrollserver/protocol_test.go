@@ -32,6 +32,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
@@ -594,20 +595,7 @@ func deviceID(ekDER []byte) string {
 // TestNoManufacturerRoots: a server that trusts no vendor refuses an EK
 // certificate as untrusted (not as a malformed request), saying what to do.
 func TestNoManufacturerRoots(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := enrollservertest.New(t, enrollserver.Config{}, nil).Server
 	mfr, err := tpmsim.NewManufacturer("vendor")
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,10 +24,9 @@ import (
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
-	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/loadgen"
-	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
 
@@ -143,20 +141,8 @@ type testServer struct {
 
 func startServer(t *testing.T, mfr *tpmsim.Manufacturer) *testServer {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca, ManufacturerRoots: poolOf(mfr)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := enrollservertest.New(t, enrollserver.Config{ManufacturerRoots: poolOf(mfr)}, nil)
+	srv, ca := c.Server, c.CA
 	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"github.com/edgeenroll/edgeenroll/device"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
 	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/loadgen"
@@ -82,22 +82,10 @@ func testDevices(t *testing.T) (*tpmsim.Manufacturer, *loadgen.LocalProver, []*l
 func newOverloadEnv(t *testing.T, o admission.Options) *overloadEnv {
 	t.Helper()
 	mfr, prover, ids := testDevices(t)
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	roots := x509.NewCertPool()
 	roots.AddCert(mfr.Certificate)
-	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca, ManufacturerRoots: roots})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := enrollservertest.New(t, enrollserver.Config{ManufacturerRoots: roots}, nil)
+	srv, ca, st := c.Server, c.CA, c.Store
 	ctrl, err := admission.New(&o)
 	if err != nil {
 		t.Fatal(err)

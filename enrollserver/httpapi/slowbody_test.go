@@ -7,36 +7,21 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
 	"github.com/edgeenroll/edgeenroll/enrollserver/admission"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/httpapi"
-	"github.com/edgeenroll/edgeenroll/enrollserver/store"
-	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 // TestSlowBodyLosesSlot: clients that send headers and then trickle the
 // body hold every admission slot only for BodyTimeout, not the server's
 // ReadTimeout: a well-formed request behind them is served.
 func TestSlowBodyLosesSlot(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	srv, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := enrollservertest.New(t, enrollserver.Config{}, nil).Server
 	ctrl, err := admission.New(&admission.Options{Slots: 2, MaxWait: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -2,33 +2,19 @@ package mqttapi
 
 import (
 	"crypto/tls"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/edgeenroll/edgeenroll/enrollserver"
-	"github.com/edgeenroll/edgeenroll/enrollserver/store"
-	"github.com/edgeenroll/edgeenroll/pki"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 )
 
 // TestBrokerBounds: the embedded broker keeps a departed client's session
 // a minute at most (not mochi's default of 136 years: client IDs a
 // bootstrap client chooses would pile up) and bounds its clients.
 func TestBrokerBounds(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	core, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := enrollservertest.New(t, enrollserver.Config{}, nil)
+	core, ca := c.Server, c.CA
 	cert, err := ca.IssueServer([]string{"localhost"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -20,8 +20,8 @@ import (
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device"
 	"github.com/edgeenroll/edgeenroll/enrollserver"
+	"github.com/edgeenroll/edgeenroll/enrollserver/enrollservertest"
 	"github.com/edgeenroll/edgeenroll/enrollserver/mqttapi"
-	"github.com/edgeenroll/edgeenroll/enrollserver/store"
 	"github.com/edgeenroll/edgeenroll/pki"
 	"github.com/edgeenroll/edgeenroll/tpmsim"
 )
@@ -37,26 +37,14 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "enroll.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	mfr, err := tpmsim.NewManufacturer("test vendor")
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(mfr.Certificate)
-	core, err := enrollserver.New(enrollserver.Config{Store: st, CA: ca, ManufacturerRoots: roots})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := enrollservertest.New(t, enrollserver.Config{ManufacturerRoots: roots}, nil)
+	core, ca := c.Server, c.CA
 	cert, err := ca.IssueServer([]string{"localhost", "127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
