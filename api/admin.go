@@ -31,7 +31,7 @@ const (
 	// intermediate in service's first: after an intermediate rotation,
 	// certificates of the retired intermediate are covered by its own list
 	// until they expire. It is the file for OpenSSL-based relying parties
-	// (mosquitto's crlfile, nginx's ssl_crl).
+	// that check leaf certificates (mosquitto's crlfile).
 	PathCRLPEM = "/v1/crl.pem"
 )
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,6 +79,8 @@ type server struct {
 	dataDir string
 	rootCA  string
 	log     *bytes.Buffer
+	// stop interrupts enrolld and waits for it (once; cleanup calls it).
+	stop func()
 }
 
 // startServer runs enrolld serve on a free loopback port and waits until
@@ -91,7 +94,8 @@ func startServer(t *testing.T, args ...string) *server {
 // one simulated TPM plays the same device again and again.
 const oneTPMDeviceRate = "1000"
 
-// startServerIn is startServer with data directory dataDir.
+// startServerIn is startServer with data directory dataDir, so that a test
+// can stop enrolld (server.stop) and start it again on the same state.
 func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 	t.Helper()
 	needBinaries(t)
@@ -109,7 +113,9 @@ func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 		t.Fatal(err)
 	}
 	addr := make(chan string, 1)
+	logDone := make(chan struct{})
 	go func() {
+		defer close(logDone)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
@@ -123,12 +129,16 @@ func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 			}
 		}
 	}()
-	t.Cleanup(func() {
+	s.stop = sync.OnceFunc(func() {
 		cancel()
+		<-logDone
 		cmd.Wait()
 		if code := cmd.ProcessState.ExitCode(); code != 0 {
 			t.Errorf("enrolld exited with %d after SIGINT, want 0", code)
 		}
+	})
+	t.Cleanup(func() {
+		s.stop()
 		if t.Failed() {
 			t.Logf("enrolld log:\n%s", s.log)
 		}

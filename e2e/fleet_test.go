@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -11,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -567,7 +565,7 @@ func httpGet(t *testing.T, s *server, cert *tls.Certificate, path string, want i
 func TestFleetAuthorization(t *testing.T) {
 	needBinaries(t)
 	dataDir := filepath.Join(t.TempDir(), "enrolld")
-	s := startServerAt(t, dataDir)
+	s := startServerIn(t, dataDir)
 	creds := map[string]string{}
 	for _, role := range []string{"viewer", "factory", "operator"} {
 		dir := filepath.Join(t.TempDir(), role)
@@ -642,8 +640,8 @@ func TestFleetAuthorization(t *testing.T) {
 	check(before)
 
 	// Restart on the same data dir: the log is the same, and grows on.
-	s.stop(t)
-	s = startServerAt(t, dataDir)
+	s.stop()
+	s = startServerIn(t, dataDir)
 	after := s.audit(t)
 	if len(after) != len(before) {
 		t.Fatalf("%d audit records after restart, %d before", len(after), len(before))
@@ -661,80 +659,35 @@ func TestFleetAuthorization(t *testing.T) {
 	}
 }
 
-// startServerAt is startServer on a given data dir, so a test can restart
-// enrolld on the same state; stop ends it.
-func startServerAt(t *testing.T, dataDir string, args ...string) *server {
-	t.Helper()
-	needBinaries(t)
-	s := &server{dataDir: dataDir, log: &bytes.Buffer{}}
-	s.rootCA = filepath.Join(s.dataDir, "ca", "root_ca.crt")
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bins.enrolld, append([]string{"serve", "--data-dir", s.dataDir, "--listen", "127.0.0.1:0", "--rate-per-device", oneTPMDeviceRate}, args...)...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	cmd.WaitDelay = 10 * time.Second
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	addr := make(chan string, 1)
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			s.log.WriteString(line + "\n")
-			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
-			}
-			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "enrolld serving" {
-				addr <- rec.Addr
-			}
-		}
-	}()
-	stopped := false
-	stopFn := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		<-logDone
-		cmd.Wait()
-		if code := cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("enrolld exited with %d after SIGINT, want 0", code)
-		}
-	}
-	stops[s] = stopFn
-	t.Cleanup(func() {
-		stopFn()
-		if t.Failed() {
-			t.Logf("enrolld log:\n%s", s.log)
-		}
-	})
-	select {
-	case a := <-addr:
-		_, port, _ := net.SplitHostPort(a)
-		s.url = "https://localhost:" + port
-	case <-time.After(30 * time.Second):
-		t.Fatalf("enrolld did not start; log:\n%s", s.log)
-	}
-	return s
-}
+// TestCRLAfterRotation: after `enrolld ca rotate-intermediate` and a
+// restart, the server publishes a list per issuer, and enrollctl, whose
+// operator credential still chains through the retired intermediate,
+// fetches and verifies the list of its own issuer.
+func TestCRLAfterRotation(t *testing.T) {
+	s := startServer(t)
+	s.stop()
+	run(t, false, bins.enrolld, "ca", "rotate-intermediate", "--data-dir", s.dataDir)
+	s = startServerIn(t, s.dataDir)
 
-// stops holds the stop functions of servers started by startServerAt.
-var stops = map[*server]func(){}
-
-func (s *server) stop(t *testing.T) {
-	t.Helper()
-	stop, ok := stops[s]
-	if !ok {
-		t.Fatal("stop: server was not started by startServerAt")
+	var crl struct {
+		Issuer string `json:"issuer"`
+		Number string `json:"number"`
 	}
-	stop()
-	delete(stops, s)
+	s.ctlJSON(t, "", &crl, "crl")
+	if crl.Number == "" {
+		t.Fatalf("enrollctl crl: %+v", crl)
+	}
+	var lists int
+	for rest := httpGet(t, s, nil, api.PathCRLPEM, http.StatusOK); ; lists++ {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+	}
+	if lists != 2 {
+		t.Errorf("GET %s: %d lists; want the new and the retired intermediate's", api.PathCRLPEM, lists)
+	}
+	if strings.Contains(s.log.String(), "retired intermediate") {
+		t.Errorf("enrolld warned about the retired intermediate, whose key is archived:\n%s", s.log)
+	}
 }

@@ -44,6 +44,15 @@ func (c *crlState) current() *signedCRL {
 func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
 	s.crl.mu.Lock()
 	defer s.crl.mu.Unlock()
+	c, err := s.refreshCRLLocked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.der, nil
+}
+
+// refreshCRLLocked is RefreshCRL with s.crl.mu held.
+func (s *Server) refreshCRLLocked(ctx context.Context) (*signedCRL, error) {
 	now := s.cfg.Now()
 	var revoked []pki.RevokedCertificate
 	var bad error
@@ -72,8 +81,14 @@ func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("numbering crl: %w", err)
 	}
 	c := &signedCRL{number: number, thisUpdate: now, nextUpdate: now.Add(s.cfg.CRLLifetime)}
-	if c.all, err = s.cfg.CA.SignCRLs(pki.CRLRequest{Number: number, ThisUpdate: now, NextUpdate: c.nextUpdate, Revoked: revoked}); err != nil {
+	c.all, err = s.cfg.CA.SignCRLs(pki.CRLRequest{Number: number, ThisUpdate: now, NextUpdate: c.nextUpdate, Revoked: revoked})
+	if len(c.all) == 0 {
 		return nil, err
+	}
+	if err != nil {
+		// Only retired intermediates failed: the current list and the
+		// others are published; the lost ones are reported.
+		s.log.LogAttrs(ctx, slog.LevelError, "signing the crl of a retired intermediate", slog.String("err", err.Error()))
 	}
 	c.der = c.all[0]
 	s.crl.curM.Lock()
@@ -87,7 +102,7 @@ func (s *Server) RefreshCRL(ctx context.Context) ([]byte, error) {
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "crl signed", slog.Uint64("crl_number", number), slog.Int("entries", len(revoked)),
 		slog.Int("issuers", len(c.all)), slog.Time("next_update", c.nextUpdate))
-	return c.der, nil
+	return c, nil
 }
 
 // CRL returns the current DER revocation list of the intermediate in
@@ -111,14 +126,30 @@ func (s *Server) CRLs(ctx context.Context) ([][]byte, error) {
 	return c.all, nil
 }
 
+// freshCRL returns the current lists, re-signing them first when they are
+// past half their lifetime. Concurrent callers re-sign once: the check is
+// repeated under the lock. A failed re-signing serves the lists it would
+// have replaced while they are before their nextUpdate.
 func (s *Server) freshCRL(ctx context.Context) (*signedCRL, error) {
-	if c := s.crl.current(); c != nil && s.cfg.Now().Before(c.thisUpdate.Add(s.cfg.CRLLifetime/2)) {
+	fresh := func(c *signedCRL) bool { return c != nil && s.cfg.Now().Before(c.thisUpdate.Add(s.cfg.CRLLifetime/2)) }
+	if c := s.crl.current(); fresh(c) {
 		return c, nil
 	}
-	if _, err := s.RefreshCRL(ctx); err != nil {
+	s.crl.mu.Lock()
+	defer s.crl.mu.Unlock()
+	old := s.crl.current()
+	if fresh(old) {
+		return old, nil
+	}
+	c, err := s.refreshCRLLocked(ctx)
+	if err != nil {
+		if old != nil && s.cfg.Now().Before(old.nextUpdate) {
+			s.log.LogAttrs(ctx, slog.LevelError, "re-signing the crl; serving the current one until its next update", slog.String("err", err.Error()), slog.Time("next_update", old.nextUpdate))
+			return old, nil
+		}
 		return nil, err
 	}
-	return s.crl.current(), nil
+	return c, nil
 }
 
 // CRLRefreshInterval is how often the daemon should call RefreshCRL.

@@ -1,6 +1,7 @@
 package enrollserver_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -605,5 +607,51 @@ func TestListGroupsPages(t *testing.T) {
 	}
 	if len(seen) != n+1 || !seen[enrollserver.DefaultGroupName] || pages != 1 {
 		t.Errorf("%d groups in %d pages (default listed: %v), want %d in 2", len(seen), pages+1, seen[enrollserver.DefaultGroupName], n+1)
+	}
+}
+
+// failingRevocations is a store whose revocations cannot be read once
+// fail is set.
+type failingRevocations struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (f *failingRevocations) Revocations(ctx context.Context, fn func(*store.Revocation) bool) error {
+	if f.fail.Load() {
+		return errors.New("store unavailable")
+	}
+	return f.Store.Revocations(ctx, fn)
+}
+
+// TestCRLServedWhileResigningFails: when the CRL cannot be re-signed, the
+// current one is still served until its nextUpdate, then the failure is
+// reported; it is never served past its nextUpdate.
+func TestCRLServedWhileResigningFails(t *testing.T) {
+	ctx := context.Background()
+	var st *failingRevocations
+	e := newEnv(t, func(c *enrollserver.Config) {
+		st = &failingRevocations{Store: c.Store}
+		c.Store, c.CRLLifetime = st, time.Hour
+	})
+	first, err := e.srv.CRL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.fail.Store(true)
+	e.advance(40 * time.Minute) // past half the lifetime: it is re-signed
+	if got, err := e.srv.CRL(ctx); err != nil || !bytes.Equal(got, first) {
+		t.Errorf("before nextUpdate with re-signing failing: %v; want the current list", err)
+	}
+	if all, err := e.srv.CRLs(ctx); err != nil || len(all) != 1 || !bytes.Equal(all[0], first) {
+		t.Errorf("CRLs before nextUpdate with re-signing failing: %d lists, %v", len(all), err)
+	}
+	e.advance(30 * time.Minute) // past nextUpdate
+	if _, err := e.srv.CRL(ctx); err == nil {
+		t.Error("a list past its nextUpdate was served")
+	}
+	st.fail.Store(false)
+	if got, err := e.srv.CRL(ctx); err != nil || bytes.Equal(got, first) {
+		t.Errorf("after the store is back: %v; want a new list", err)
 	}
 }

@@ -39,6 +39,8 @@ type CA struct {
 	// retired are the intermediates rotations replaced that have not
 	// expired (loadRetired).
 	retired []*RetiredIntermediate
+	// unmatchedRetiredURIs: UnmatchedRetiredKeyURIs.
+	unmatchedRetiredURIs []string
 
 	// bundleHeader is the protected header of every bundle SignBundle
 	// signs (bundleJWSHeader).
@@ -221,12 +223,12 @@ func loadCA(dir string, cfg config) (_ *CA, err error) {
 			return nil, fmt.Errorf("%w: in %s: %s", ErrCACorrupt, dir, c.what)
 		}
 	}
-	retired, err := loadRetired(dir, cfg, keys, root, inter)
+	retired, unmatched, err := loadRetired(dir, cfg, keys, root, inter)
 	if err != nil {
 		return nil, err
 	}
 	ca := newCA(cfg, keys, root, inter, interKey, signer, signerKey)
-	ca.retired = retired
+	ca.retired, ca.unmatchedRetiredURIs = retired, unmatched
 	return ca, nil
 }
 

@@ -51,12 +51,12 @@ func (r *RetiredIntermediate) MayHaveValidCertificates(now time.Time) bool {
 // root signed and that have not expired, each with its key when the
 // archive still holds it or retiredURIs names it; the newest first.
 // current is the intermediate in service.
-func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certificate) ([]*RetiredIntermediate, error) {
+func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certificate) (_ []*RetiredIntermediate, unmatched []string, _ error) {
 	entries, err := os.ReadDir(filepath.Join(dir, ArchiveDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		entries = nil
 	} else if err != nil {
-		return nil, fmt.Errorf("reading the ca archive: %w", err)
+		return nil, nil, fmt.Errorf("reading the ca archive: %w", err)
 	}
 	now := cfg.now()
 	var out []*RetiredIntermediate
@@ -71,42 +71,65 @@ func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certi
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("archived intermediate in %s: %w", archive, err)
+			return nil, nil, fmt.Errorf("archived intermediate in %s: %w", archive, err)
 		}
 		if !cert.IsCA || cert.CheckSignatureFrom(root) != nil {
-			return nil, fmt.Errorf("%w: in %s: %s is not a CA certificate signed by %s", ErrCACorrupt, archive, IntermediateCertFile, RootCertFile)
+			return nil, nil, fmt.Errorf("%w: in %s: %s is not a CA certificate signed by %s", ErrCACorrupt, archive, IntermediateCertFile, RootCertFile)
 		}
-		if !now.Before(cert.NotAfter) || bytes.Equal(cert.Raw, current.Raw) ||
-			slices.ContainsFunc(out, func(r *RetiredIntermediate) bool { return bytes.Equal(r.Certificate.Raw, cert.Raw) }) {
-			continue // expired with all it issued, in service again, or archived twice
+		if !now.Before(cert.NotAfter) || bytes.Equal(cert.Raw, current.Raw) {
+			continue // expired with all it issued, or in service again
 		}
-		r := &RetiredIntermediate{Certificate: cert, RetiredAt: at, Archive: archive}
+		var key crypto.Signer
 		if _, err := os.Lstat(filepath.Join(archive, IntermediateKeyFile)); err == nil {
-			if r.key, err = loadKey(archive, IntermediateKeyFile); err != nil {
-				return nil, fmt.Errorf("archived intermediate key in %s: %w", archive, err)
+			if key, err = loadKey(archive, IntermediateKeyFile); err != nil {
+				return nil, nil, fmt.Errorf("archived intermediate key in %s: %w; restore the key archived with its certificate", archive, err)
 			}
-			if keyutil.VerifyPair(cert.PublicKey, r.key) != nil {
-				return nil, fmt.Errorf("%w: in %s: %s does not match %s", ErrCACorrupt, archive, IntermediateKeyFile, IntermediateCertFile)
+			if keyutil.VerifyPair(cert.PublicKey, key) != nil {
+				return nil, nil, fmt.Errorf("%w: in %s: %s does not match %s; restore the key archived with it, or remove both", ErrCACorrupt, archive, IntermediateKeyFile, IntermediateCertFile)
 			}
 		}
-		out = append(out, r)
-	}
-	for _, uri := range cfg.retiredIntermediateKeyURIs {
-		key, err := keys.newOrOpen(uri)
-		if err != nil {
-			return nil, fmt.Errorf("retired intermediate key %s: %w", redactURI(uri), err)
-		}
-		for _, r := range out {
-			if r.key == nil && keyutil.VerifyPair(r.Certificate.PublicKey, key) == nil {
+		// The same intermediate archived twice (a rollback, then another
+		// rotation): one entry, retired at the later time, with a key if
+		// either archive has it.
+		if i := slices.IndexFunc(out, func(r *RetiredIntermediate) bool { return bytes.Equal(r.Certificate.Raw, cert.Raw) }); i >= 0 {
+			r := out[i]
+			if at.After(r.RetiredAt) {
+				r.RetiredAt, r.Archive = at, archive
+			}
+			if r.key == nil {
 				r.key = key
 			}
+			continue
+		}
+		out = append(out, &RetiredIntermediate{Certificate: cert, RetiredAt: at, Archive: archive, key: key})
+	}
+	// KMS keys are opened only while an intermediate needs one: a URI
+	// left in the configuration after its key was destroyed must not stop
+	// the CA from loading once nothing needs it.
+	needKey := slices.ContainsFunc(out, func(r *RetiredIntermediate) bool { return r.key == nil })
+	for _, uri := range cfg.retiredIntermediateKeyURIs {
+		if !needKey {
+			break
+		}
+		key, err := keys.newOrOpen(uri)
+		if err != nil {
+			return nil, nil, fmt.Errorf("retired intermediate key %s: %w; drop the URI if that intermediate's certificates have expired", redactURI(uri), err)
+		}
+		matched := false
+		for _, r := range out {
+			if r.key == nil && keyutil.VerifyPair(r.Certificate.PublicKey, key) == nil {
+				r.key, matched = key, true
+			}
+		}
+		if !matched {
+			unmatched = append(unmatched, redactURI(uri))
 		}
 	}
 	for _, r := range out {
 		r.CanSignCRL = r.key != nil
 	}
 	slices.SortFunc(out, func(a, b *RetiredIntermediate) int { return b.RetiredAt.Compare(a.RetiredAt) })
-	return out, nil
+	return out, unmatched, nil
 }
 
 // RetiredIntermediates lists the intermediates rotations replaced that
@@ -121,17 +144,30 @@ func (ca *CA) RetiredIntermediates() []RetiredIntermediate {
 	return out
 }
 
+// UnmatchedRetiredKeyURIs lists, redacted, the retired intermediate key
+// URIs that were opened but match no archived intermediate needing a key
+// (a wrong key, or one whose intermediate's archive is gone). A daemon
+// should warn about them.
+func (ca *CA) UnmatchedRetiredKeyURIs() []string { return slices.Clone(ca.unmatchedRetiredURIs) }
+
 // SignCRLs signs the revocation list req describes once per issuer: with
 // the intermediate in service (first), then with each retired
 // intermediate that can sign and has not expired. Every list carries the
 // same entries: a serial on the list of an issuer that did not issue it
 // matches no certificate.
+//
+// When the intermediate in service cannot sign, SignCRLs returns no list
+// and the error. When only retired ones fail (a KMS token gone), it
+// returns the lists it signed, the current one first, and an error
+// naming the others: the caller publishes what it has and reports the
+// rest, so one lost old key never stops the current list.
 func (ca *CA) SignCRLs(req CRLRequest) ([][]byte, error) {
 	der, err := ca.SignCRL(req)
 	if err != nil {
 		return nil, err
 	}
 	out := [][]byte{der}
+	var errs []error
 	now := ca.now()
 	for _, r := range ca.retired {
 		if r.key == nil || !now.Before(r.Certificate.NotAfter) {
@@ -139,9 +175,10 @@ func (ca *CA) SignCRLs(req CRLRequest) ([][]byte, error) {
 		}
 		der, err := signCRL(req, r.Certificate, r.key)
 		if err != nil {
-			return nil, fmt.Errorf("signing the crl of the intermediate retired at %s: %w", r.RetiredAt.Format(time.RFC3339), err)
+			errs = append(errs, fmt.Errorf("signing the crl of the intermediate retired at %s (%s): %w", r.RetiredAt.Format(time.RFC3339), r.Archive, err))
+			continue
 		}
 		out = append(out, der)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }

@@ -215,3 +215,130 @@ func TestRetiredIntermediateKey(t *testing.T) {
 		}
 	})
 }
+
+// The archive is checked and merged: an intermediate of another root is a
+// corrupt CA; one archived twice is one retired intermediate, retired at
+// the later time, with the key either archive holds; one back in service
+// (a rollback) is not retired; one that expires while the CA runs stops
+// signing.
+func TestRetiredArchive(t *testing.T) {
+	copyArchive := func(t *testing.T, from, to string, names ...string) {
+		t.Helper()
+		if err := os.MkdirAll(to, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range names {
+			data, err := os.ReadFile(filepath.Join(from, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(to, name), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Run("another root", func(t *testing.T) {
+		_, dir := newCA(t, t0)
+		_, other := newCA(t, t0)
+		copyArchive(t, other, filepath.Join(dir, pki.ArchiveDir, "20250101T000000Z"), pki.IntermediateCertFile, pki.IntermediateKeyFile)
+		if _, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: fixedClock(t0)}); !errors.Is(err, pki.ErrCACorrupt) {
+			t.Errorf("an archived intermediate of another root: %v; want ErrCACorrupt", err)
+		}
+	})
+	t.Run("archived twice", func(t *testing.T) {
+		_, dir := newCA(t, t0)
+		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		later := filepath.Join(dir, pki.ArchiveDir, t0.Add(time.Hour).UTC().Format("20060102T150405Z"))
+		copyArchive(t, rot.Archive, later, pki.IntermediateCertFile, pki.IntermediateKeyFile)
+		if err := os.Remove(filepath.Join(rot.Archive, pki.IntermediateKeyFile)); err != nil {
+			t.Fatal(err)
+		}
+		ca, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: fixedClock(t0.Add(2 * time.Hour))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ca.RetiredIntermediates()
+		if len(r) != 1 || !r[0].CanSignCRL || !r[0].RetiredAt.Equal(t0.Add(time.Hour).Truncate(time.Second)) || r[0].Archive != later {
+			t.Fatalf("retired %+v; want one, able to sign, retired at the later archive's time", r)
+		}
+	})
+	t.Run("back in service", func(t *testing.T) {
+		_, dir := newCA(t, t0)
+		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The documented rollback: the archived files copied back.
+		copyArchive(t, rot.Archive, dir, pki.IntermediateCertFile, pki.IntermediateKeyFile, pki.BundleSignerCertFile, pki.BundleSignerKeyFile)
+		ca, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: fixedClock(t0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := ca.RetiredIntermediates(); len(r) != 0 || !ca.Intermediate().Equal(rot.OldIntermediate) {
+			t.Errorf("after a rollback: retired %+v; want none, the old intermediate in service", r)
+		}
+	})
+	t.Run("expires while running", func(t *testing.T) {
+		_, dir := newCA(t, t0)
+		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0.Add(time.Hour))}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := t0.Add(2 * time.Hour)
+		ca, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sign := func() int {
+			crls, err := ca.SignCRLs(pki.CRLRequest{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(crls)
+		}
+		if n := sign(); n != 2 {
+			t.Fatalf("%d CRLs before the old intermediate expired; want 2", n)
+		}
+		now = rot.OldIntermediate.NotAfter
+		if n := sign(); n != 1 {
+			t.Errorf("%d CRLs once the old intermediate expired; want 1", n)
+		}
+	})
+	t.Run("kms uri that matches nothing", func(t *testing.T) {
+		_, dir := newCA(t, t0)
+		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(rot.Archive, pki.IntermediateKeyFile)); err != nil {
+			t.Fatal(err)
+		}
+		wrongURI, _ := writeKeyFile(t, elliptic.P256())
+		ca, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: fixedClock(t0), RetiredIntermediateKeyURIs: []string{wrongURI}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ca.Close()
+		if r := ca.RetiredIntermediates(); len(r) != 1 || r[0].CanSignCRL {
+			t.Errorf("retired %+v; the wrong key must not be used", r)
+		}
+		if u := ca.UnmatchedRetiredKeyURIs(); len(u) != 1 {
+			t.Errorf("unmatched URIs %v; want the wrong one", u)
+		}
+	})
+	t.Run("kms uri not needed", func(t *testing.T) {
+		_, dir := newCA(t, t0)
+		if _, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		// The retired key is archived, so a URI of a destroyed key left
+		// in the configuration is never opened.
+		gone := "softkms:path=" + filepath.Join(t.TempDir(), "destroyed.key")
+		if _, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: fixedClock(t0), RetiredIntermediateKeyURIs: []string{gone}}); err != nil {
+			t.Errorf("a stale retired key URI nothing needs: %v", err)
+		}
+	})
+}

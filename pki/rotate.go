@@ -62,9 +62,9 @@ type Rotation struct {
 //
 // The replaced files are first hard-linked into dir/archive/<UTC time>/
 // (keys stay 0600 there; keep the old intermediate's key until the
-// certificates it issued have expired, MaxLeafLifetime or the leaf lifetime
-// in use after every enrolld restarted, since it signs their CRL; an old
-// key in a KMS is named by Options.RetiredIntermediateKeyURIs), then each
+// certificates it issued have expired, MaxLeafLifetime after every enrolld
+// restarted, since it signs their CRL; an old key in a KMS is named by
+// Options.RetiredIntermediateKeyURIs), then each
 // new file atomically replaces its old one. A crash in
 // between leaves a directory that LoadOrCreateCA refuses (ErrCACorrupt),
 // never one it misuses; copying the archived files back restores the old

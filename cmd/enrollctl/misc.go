@@ -602,7 +602,11 @@ func crlCmd(g *globals) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "crl",
-		Short: "Fetch and verify the revocation list enrolld publishes at " + api.PathCRL,
+		Short: "Fetch and verify the revocation list enrolld publishes at " + api.PathCRLPEM,
+		Long: `Fetches every issuer's revocation list (` + api.PathCRLPEM + `) and shows the one signed by
+the intermediate of your operator credential, checked against ca.crt. After an intermediate
+rotation that is the retired intermediate's list until your credential is renewed; every
+issuer's list carries the same entries.`,
 		Example: `  enrollctl crl
   enrollctl crl --out crl.der`,
 		Args: cobra.NoArgs,
@@ -611,7 +615,7 @@ func crlCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, g.server+api.PathCRL, nil)
+			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, g.server+api.PathCRLPEM, nil)
 			if err != nil {
 				return err
 			}
@@ -620,15 +624,12 @@ func crlCmd(g *globals) *cobra.Command {
 				return &exitError{code: exitUnavailable, err: err}
 			}
 			defer resp.Body.Close()
-			der, err := io.ReadAll(io.LimitReader(resp.Body, api.MaxAdminResponseBytes))
+			data, err := io.ReadAll(io.LimitReader(resp.Body, api.MaxAdminResponseBytes))
 			if err != nil || resp.StatusCode != http.StatusOK {
-				return &exitError{code: exitUnavailable, err: fmt.Errorf("GET %s: HTTP %d %v", api.PathCRL, resp.StatusCode, err)}
+				return &exitError{code: exitUnavailable, err: fmt.Errorf("GET %s: HTTP %d %v", api.PathCRLPEM, resp.StatusCode, err)}
 			}
-			crl, err := x509.ParseRevocationList(der)
+			der, crl, err := verifiedCRL(g, data)
 			if err != nil {
-				return err
-			}
-			if err := verifyCRL(g, crl); err != nil {
 				return err
 			}
 			if out != "" {
@@ -662,6 +663,34 @@ func crlCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&out, "out", "", "also write the DER CRL to this file")
 	return cmd
+}
+
+// verifiedCRL returns, of the PEM revocation lists in data (one per
+// issuer), the one signed by the intermediate of our operator
+// certificate, which must chain to ca.crt.
+func verifiedCRL(g *globals, data []byte) ([]byte, *x509.RevocationList, error) {
+	n := 0
+	for rest := data; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type != "X509 CRL" {
+			continue
+		}
+		n++
+		crl, err := x509.ParseRevocationList(blk.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("GET %s: list %d: %w", api.PathCRLPEM, n, err)
+		}
+		if verifyCRL(g, crl) == nil {
+			return blk.Bytes, crl, nil
+		}
+	}
+	if n == 0 {
+		return nil, nil, fmt.Errorf("GET %s: no PEM revocation list in the answer; is the server older than this enrollctl?", api.PathCRLPEM)
+	}
+	return nil, nil, fmt.Errorf("none of the %d revocation lists is signed by this server's CA (the intermediate of your operator credential)", n)
 }
 
 // verifyCRL checks the CRL is signed by the intermediate that signed our

@@ -198,7 +198,7 @@ and publishes all lists in <data-dir>/crl.pem and at GET /v1/crl.pem.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "new intermediate serial %x, valid until %s (was %x)\nnew bundle signer serial %x\nreplaced files archived in %s: keep the old intermediate's key there (or its KMS key, named with --retired-intermediate-key-uri) until the certificates it issued have expired, the leaf lifetime after every enrolld restarted, since it signs their CRL\nrestart enrolld to use it\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "new intermediate serial %x, valid until %s (was %x)\nnew bundle signer serial %x\nreplaced files archived in %s: keep the old intermediate's key there (or its KMS key, named with --retired-intermediate-key-uri) until the certificates it issued have expired (30 days, the longest certificate lifetime, after every enrolld restarted), since it signs their CRL\nrestart enrolld to use it\n",
 				rot.NewIntermediate.SerialNumber, rot.NewIntermediate.NotAfter.UTC().Format(time.RFC3339), rot.OldIntermediate.SerialNumber,
 				rot.NewBundleSigner.SerialNumber, rot.Archive)
 			return nil

@@ -127,6 +127,9 @@ func CRLPath(dataDir string) string { return filepath.Join(dataDir, "crl.der") }
 // be valid but whose CRL cannot be signed: its key was deleted from the
 // archive, or is in a KMS that no --retired-intermediate-key-uri names.
 func warnRetired(log *slog.Logger, ca *pki.CA, now time.Time) {
+	for _, uri := range ca.UnmatchedRetiredKeyURIs() {
+		log.Warn("--retired-intermediate-key-uri names a key of no retired intermediate that needs one; check the URI, or drop it", "uri", uri)
+	}
 	for _, r := range ca.RetiredIntermediates() {
 		if !r.CanSignCRL && r.MayHaveValidCertificates(now) {
 			log.Warn("a retired intermediate's certificates may still be valid, but its key is gone: their revocations reach no CRL; put its key back in the archive, or name it with --retired-intermediate-key-uri",

@@ -157,6 +157,10 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	// devices, see BenchmarkBoltFinishEnrollment; CPU per commit did not
 	// move measurably), while the scan costs ~70 ms at open for that
 	// store. Files are compatible both ways (TestBoltFreelistBothWays).
+	// The scan checks every page: a corrupt one stops the process at
+	// open with bbolt's assertion naming the page (it panics in a
+	// goroutine of its own, so it cannot be returned as an error), where
+	// before it did when the page was first read.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync,
 		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {

@@ -1,9 +1,12 @@
 package store_test
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -140,6 +143,22 @@ func TestBoltFreelistBothWays(t *testing.T) {
 		}
 	}
 	s.Close()
+	// The newest meta page records no persisted free list (bbolt's
+	// pgidNoFreelist): it is rebuilt at every open.
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pageSize := int(binary.LittleEndian.Uint32(raw[16+8:]))
+	var freelist, txid uint64
+	for _, off := range []int{0, pageSize} { // meta: header 16, magic..flags 16, root 16, freelist, pgid, txid
+		if id := binary.LittleEndian.Uint64(raw[off+64:]); id >= txid {
+			txid, freelist = id, binary.LittleEndian.Uint64(raw[off+48:])
+		}
+	}
+	if freelist != math.MaxUint64 {
+		t.Errorf("the store persisted its free list at page %d", freelist)
+	}
 
 	db, err = bolt.Open(path, 0o600, nil)
 	if err != nil {
