@@ -26,7 +26,7 @@ func TestClusterExternalBroker(t *testing.T) {
 	}
 	certDir := filepath.Join(work, "broker")
 	run(t, false, bins.enrolld, "broker-cert", "--data-dir", dirA, "--host", "localhost", "--out", certDir)
-	bootPort, devPort := startMosquitto(t, certDir)
+	bootPort, devPort, _ := startMosquitto(t, certDir, "")
 
 	args := []string{"--store", etcd.StoreURL("mqtt"), "--manufacturer-roots", mfrRoot, "--mqtt-broker", "mqtts://localhost:" + devPort}
 	servers := make([]*enrolld, 2)

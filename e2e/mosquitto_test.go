@@ -1,6 +1,9 @@
 package e2e_test
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,12 +23,15 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/device/supervise"
+	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 // startMosquitto runs mosquitto with the repository's configuration
 // (deploy/mosquitto), its paths pointed at certDir and its two listeners
-// moved to free loopback ports. It returns the bootstrap and device ports.
-func startMosquitto(t *testing.T, certDir string) (bootPort, devPort string) {
+// moved to free loopback ports, and the device listener's crlfile line
+// enabled for crlFile unless it is "". It returns the bootstrap and device
+// ports, and reload, which sends mosquitto SIGHUP.
+func startMosquitto(t *testing.T, certDir, crlFile string) (bootPort, devPort string, reload func()) {
 	t.Helper()
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
@@ -42,6 +49,13 @@ func startMosquitto(t *testing.T, certDir string) (bootPort, devPort string) {
 	c := strings.ReplaceAll(string(conf), "/etc/mosquitto/edgeenroll", certDir)
 	c = strings.Replace(c, "listener 8883\n", "listener "+bootPort+" 127.0.0.1\n", 1)
 	c = strings.Replace(c, "listener 8884\n", "listener "+devPort+" 127.0.0.1\n", 1)
+	if crlFile != "" {
+		const line = "#crlfile /var/lib/enrolld/crl.pem\n"
+		if !strings.Contains(c, line) {
+			t.Fatalf("deploy/mosquitto/mosquitto.conf has no %q line", line)
+		}
+		c = strings.Replace(c, line, "crlfile "+crlFile+"\n", 1)
+	}
 	if os.Geteuid() == 0 {
 		// Started as root, mosquitto would switch to its own user, which
 		// cannot read the test's private temporary directory.
@@ -83,7 +97,11 @@ func startMosquitto(t *testing.T, certDir string) (bootPort, devPort string) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	return bootPort, devPort
+	return bootPort, devPort, func() {
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestMosquitto enrolls a device through a real mosquitto with the
@@ -95,7 +113,7 @@ func TestMosquitto(t *testing.T) {
 	certDir := filepath.Join(t.TempDir(), "broker")
 	run(t, false, bins.enrolld, "ca", "init", "--data-dir", dataDir)
 	run(t, false, bins.enrolld, "broker-cert", "--data-dir", dataDir, "--host", "localhost", "--out", certDir)
-	bootPort, devPort := startMosquitto(t, certDir)
+	bootPort, devPort, _ := startMosquitto(t, certDir, "")
 
 	srv := &enrolld{t: t, dataDir: dataDir, listen: freeAddr(t), log: &syncBuffer{},
 		args: []string{"--manufacturer-roots", mfrRoot, "--mqtt-broker", "mqtts://localhost:" + devPort}}
@@ -192,14 +210,24 @@ func bootstrapID() string {
 }
 
 func tryMQTT(addr, rootCA, id string) (paho.Client, error) {
+	return tryMQTTWith(addr, rootCA, id, nil)
+}
+
+// tryMQTTWith is tryMQTT presenting cert, if not nil, as the client
+// certificate.
+func tryMQTTWith(addr, rootCA, id string, cert *tls.Certificate) (paho.Client, error) {
 	pemBytes, err := os.ReadFile(rootCA)
 	if err != nil {
 		return nil, err
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pemBytes)
+	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost"}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
 	c := paho.NewClient(paho.NewClientOptions().AddBroker("tls://" + addr).SetClientID(id).
-		SetTLSConfig(&tls.Config{RootCAs: roots, ServerName: "localhost"}).
+		SetTLSConfig(cfg).
 		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
 	tok := c.Connect()
 	tok.WaitTimeout(10 * time.Second)
@@ -214,4 +242,101 @@ func mqttClient(t *testing.T, addr, rootCA, id string) paho.Client {
 	}
 	t.Cleanup(func() { c.Disconnect(0) })
 	return c
+}
+
+// TestMosquittoCRL: mosquitto with the deploy configuration's crlfile
+// enabled, fed the crl.pem enrolld writes (pki.EncodeCRLsPEM of
+// CA.SignCRLs), refuses a revoked device certificate at connect and
+// accepts the others; after an intermediate rotation and a SIGHUP, the
+// retired intermediate's list keeps its unrevoked certificates usable and
+// its revoked ones refused, and the new intermediate's are judged by its
+// own list. (With only the new intermediate's list, OpenSSL finds no CRL
+// for the old certificates and refuses all of them.)
+func TestMosquittoCRL(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "enrolld")
+	certDir := filepath.Join(t.TempDir(), "broker")
+	run(t, false, bins.enrolld, "ca", "init", "--data-dir", dataDir)
+	run(t, false, bins.enrolld, "broker-cert", "--data-dir", dataDir, "--host", "localhost", "--out", certDir)
+	caDir, rootCA := filepath.Join(dataDir, "ca"), filepath.Join(dataDir, "ca", "root_ca.crt")
+	crlFile := filepath.Join(dataDir, "crl.pem")
+	ca, err := pki.LoadOrCreateCA(caDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(ca *pki.CA) tls.Certificate {
+		t.Helper()
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var id [32]byte
+		rand.Read(id[:])
+		c, err := ca.IssueDevice(context.Background(), pki.DeviceCertRequest{DeviceID: hex.EncodeToString(id[:]), PublicKey: &key.PublicKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{c.Chain[0].Raw, c.Chain[1].Raw}, PrivateKey: key, Leaf: c.Leaf}
+	}
+	number := uint64(0)
+	publish := func(ca *pki.CA, revoked ...tls.Certificate) {
+		t.Helper()
+		number++
+		now := time.Now()
+		req := pki.CRLRequest{Number: number, ThisUpdate: now, NextUpdate: now.Add(time.Hour)}
+		for _, c := range revoked {
+			req.Revoked = append(req.Revoked, pki.RevokedCertificate{Serial: c.Leaf.SerialNumber, RevokedAt: now})
+		}
+		crls, err := ca.SignCRLs(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, crlFile, string(pki.EncodeCRLsPEM(crls)))
+	}
+	oldRevoked, oldKept := issue(ca), issue(ca)
+	publish(ca, oldRevoked)
+	_, devPort, reload := startMosquitto(t, certDir, crlFile)
+	addr := "127.0.0.1:" + devPort
+	connects := func(c tls.Certificate) bool {
+		cl, err := tryMQTTWith(addr, rootCA, "crl-test-"+c.Leaf.Subject.CommonName[:8], &c)
+		if err == nil {
+			cl.Disconnect(0)
+		}
+		return err == nil
+	}
+	if connects(oldRevoked) || !connects(oldKept) {
+		t.Fatalf("before the rotation: revoked connects %v, kept connects %v; want false, true", connects(oldRevoked), connects(oldKept))
+	}
+
+	if _, err := pki.RotateIntermediate(caDir, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := pki.LoadOrCreateCA(caDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newRevoked, newKept := issue(rotated), issue(rotated)
+	publish(rotated, oldRevoked, newRevoked)
+	reload()
+	// The new intermediate's unrevoked certificate connects once the new
+	// lists are loaded (before, OpenSSL has no CRL for its issuer).
+	deadline := time.Now().Add(10 * time.Second)
+	for !connects(newKept) {
+		if time.Now().After(deadline) {
+			t.Fatal("after SIGHUP, a certificate of the new intermediate is still refused: crl.pem not reloaded")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, c := range []struct {
+		name string
+		cert tls.Certificate
+		want bool
+	}{
+		{"revoked, old intermediate", oldRevoked, false},
+		{"unrevoked, old intermediate", oldKept, true},
+		{"revoked, new intermediate", newRevoked, false},
+	} {
+		if got := connects(c.cert); got != c.want {
+			t.Errorf("%s: connects %v, want %v", c.name, got, c.want)
+		}
+	}
 }
