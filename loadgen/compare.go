@@ -22,6 +22,12 @@ type CompareConfig struct {
 	// alternate the order of the servers (A B, B A, A B, ...) so a drift
 	// in machine load does not favour one of them.
 	Rounds int
+	// Ceiling, if set, measures the crypto ceiling (one enrollment's
+	// cryptography, µs of CPU; see package ceiling) after each round, so
+	// that each run's server CPU is set against a ceiling measured on the
+	// machine as it was then: this machine's speed drifts by more than
+	// the differences measured.
+	Ceiling func(context.Context) (micros float64, err error)
 }
 
 // Comparison is Compare's outcome.
@@ -37,6 +43,9 @@ type Comparison struct {
 	// LoadBefore is the 1-minute load average before each run, in run
 	// order.
 	LoadBefore []float64 `json:"load_before"`
+	// CeilingMicros is the crypto ceiling measured after each round
+	// (CompareConfig.Ceiling), in round order.
+	CeilingMicros []float64 `json:"ceiling_us,omitempty"`
 }
 
 // TransportResult is one server's runs and their medians.
@@ -44,12 +53,18 @@ type TransportResult struct {
 	Server    string `json:"server"`
 	Transport string `json:"transport"`
 	// Medians over the runs.
-	EnrollmentsPerSecond     float64   `json:"enrollments_per_second"`
-	RenewalsPerSecond        float64   `json:"renewals_per_second,omitempty"`
-	ServerCPUMsPerEnrollment float64   `json:"server_cpu_ms_per_enrollment"`
-	EnrollmentP99Ms          float64   `json:"enrollment_p99_ms"`
-	Failed                   int       `json:"failed"` // devices that failed, all runs and phases
-	Runs                     []*Report `json:"runs"`
+	EnrollmentsPerSecond     float64 `json:"enrollments_per_second"`
+	RenewalsPerSecond        float64 `json:"renewals_per_second,omitempty"`
+	ServerCPUMsPerEnrollment float64 `json:"server_cpu_ms_per_enrollment"`
+	EnrollmentP99Ms          float64 `json:"enrollment_p99_ms"`
+	Failed                   int     `json:"failed"` // devices that failed, all runs and phases
+	// CeilingRatios is, per run, the server's capacity over the crypto
+	// ceiling measured after the run's round (the ceiling's CPU per
+	// enrollment over the server's), and CeilingRatio their median; set
+	// with CompareConfig.Ceiling.
+	CeilingRatios []float64 `json:"capacity_over_ceiling_per_run,omitempty"`
+	CeilingRatio  float64   `json:"capacity_over_ceiling,omitempty"`
+	Runs          []*Report `json:"runs"`
 }
 
 // Compare makes (or loads) Devices × servers × rounds identities, so that
@@ -89,11 +104,19 @@ func Compare(ctx context.Context, cc CompareConfig) (*Comparison, error) {
 			cmp.Results[i].Runs = append(cmp.Results[i].Runs, rep)
 			cmp.LoadBefore = append(cmp.LoadBefore, rep.Setup.LoadBefore)
 		}
+		if cc.Ceiling != nil {
+			us, err := cc.Ceiling(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("crypto ceiling after round %d: %w", r+1, err)
+			}
+			cmp.CeilingMicros = append(cmp.CeilingMicros, us)
+		}
 	}
 	var https, mqtt *TransportResult
 	for i := range cmp.Results {
 		res := &cmp.Results[i]
 		res.summarize()
+		res.setCeiling(cmp.CeilingMicros)
 		switch {
 		case res.Transport == TransportHTTPS && https == nil:
 			https = res
@@ -152,6 +175,28 @@ func (c *Comparison) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "\nMQTT/HTTPS (medians): enrollments/s %.2f (target >= 0.80), server CPU per enrollment %.2f\n",
 			c.MQTTOverHTTPS, c.CPUMQTTOverHTTPS)
 	}
+	if len(c.CeilingMicros) > 0 {
+		fmt.Fprintf(w, "\ncrypto ceiling after each round (µs per enrollment): %v\n", c.CeilingMicros)
+		for _, r := range c.Results {
+			if len(r.CeilingRatios) == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "%-9s server capacity / ceiling, each run against its round's ceiling: median %.1f %% (%.1f-%.1f %%; target >= 50 %%)\n",
+				r.Transport, 100*r.CeilingRatio, 100*slices.Min(r.CeilingRatios), 100*slices.Max(r.CeilingRatios))
+		}
+	}
+}
+
+// setCeiling sets r's ratios to the ceilings measured after each round
+// (none: no ratios): run k ran in round k.
+func (r *TransportResult) setCeiling(ceilingMicros []float64) {
+	r.CeilingRatios = nil
+	for k, rep := range r.Runs {
+		if k < len(ceilingMicros) && rep.ServerCPUMsPerEnrollment > 0 {
+			r.CeilingRatios = append(r.CeilingRatios, round3(ceilingMicros[k]/1000/rep.ServerCPUMsPerEnrollment))
+		}
+	}
+	r.CeilingRatio = median(r.CeilingRatios)
 }
 
 // summarize fills r's medians and failure count from its runs.

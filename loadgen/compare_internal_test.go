@@ -1,6 +1,9 @@
 package loadgen
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestServerTransport(t *testing.T) {
 	for raw, want := range map[string]string{
@@ -25,5 +28,20 @@ func TestMedian(t *testing.T) {
 		if got := median(c.in); got != c.want {
 			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
 		}
+	}
+}
+
+// TestSetCeiling: each run is set against the ceiling of its own round,
+// and the median is of those ratios.
+func TestSetCeiling(t *testing.T) {
+	r := &TransportResult{Runs: []*Report{{ServerCPUMsPerEnrollment: 2}, {ServerCPUMsPerEnrollment: 2.5}, {ServerCPUMsPerEnrollment: 1.6}}}
+	r.setCeiling([]float64{1000, 1250, 1200})
+	want := []float64{0.5, 0.5, 0.75}
+	if !slices.Equal(r.CeilingRatios, want) || r.CeilingRatio != 0.5 {
+		t.Errorf("ratios %v, median %v; want %v, 0.5", r.CeilingRatios, r.CeilingRatio, want)
+	}
+	r.setCeiling(nil)
+	if r.CeilingRatios != nil || r.CeilingRatio != 0 {
+		t.Errorf("without ceilings: %v, %v", r.CeilingRatios, r.CeilingRatio)
 	}
 }

@@ -162,11 +162,13 @@ func benchFlags(cmd *cobra.Command, cfg *loadgen.BenchConfig, noVerify *bool, fo
 
 func compareCmd() *cobra.Command {
 	var (
-		cc       loadgen.CompareConfig
-		httpsURL string
-		mqttURL  string
-		format   string
-		noVerify bool
+		cc          loadgen.CompareConfig
+		httpsURL    string
+		mqttURL     string
+		format      string
+		noVerify    bool
+		withCeiling bool
+		ceilingTime time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "compare",
@@ -204,6 +206,15 @@ kept with --identities).
 			cc.Bench.Stderr = cmd.ErrOrStderr()
 			cc.Bench.Run.Verify = !noVerify
 			cc.Bench.Run.Progress = cmd.ErrOrStderr()
+			if withCeiling {
+				cc.Ceiling = func(ctx context.Context) (float64, error) {
+					r, err := ceiling.Measure(ctx, ceiling.Options{Duration: ceilingTime, Progress: cmd.ErrOrStderr()})
+					if err != nil {
+						return 0, err
+					}
+					return r.SumMicros, nil
+				}
+			}
 			c, err := loadgen.Compare(cmd.Context(), cc)
 			if err != nil {
 				return err
@@ -215,6 +226,8 @@ kept with --identities).
 	fl.StringVar(&httpsURL, "https", "", "enrolld's HTTPS listener, https://HOST:PORT")
 	fl.StringVar(&mqttURL, "mqtt", "", "enrolld's MQTT broker (bootstrap listener), mqtts://HOST:PORT")
 	fl.IntVar(&cc.Rounds, "rounds", 3, "runs per transport, alternating order; medians are reported")
+	fl.BoolVar(&withCeiling, "ceiling", false, "after each round, measure the crypto ceiling, and set each run's server CPU against its round's")
+	fl.DurationVar(&ceilingTime, "ceiling-time", 500*time.Millisecond, "CPU time per ceiling step")
 	benchFlags(cmd, &cc.Bench, &noVerify, &format)
 	return cmd
 }
