@@ -113,6 +113,8 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&cfg.Issuer.StepCA.ProvisionerPasswordFile, "stepca-provisioner-password-file", "", "file holding the password of --stepca-provisioner-key or --stepca-x5c-key")
 	fl.DurationVar(&cfg.Issuer.StepCA.Timeout, "stepca-timeout", stepca.DefaultTimeout, "bound on each call to the step-ca")
 	caKeyFlags(fl, &cfg.Issuer)
+	// Only serve signs CRLs, so only serve takes the retired keys.
+	fl.StringArrayVar(&cfg.Issuer.RetiredIntermediateKeyURIs, "retired-intermediate-key-uri", nil, "KMS key of an intermediate that ca rotate-intermediate replaced (repeatable), so that its CRL is signed until its certificates expire; a retired key file stays in <data-dir>/ca/archive and needs no flag")
 	fl.IntVar(&cfg.Admission.Slots, "max-in-flight", 0, "enrollment requests (begin, finish; HTTPS and MQTT together) worked on at once (default 2 per core, at least 4); more wait in a bounded priority queue (renewals first), beyond it clients are told busy with a Retry-After")
 	fl.IntVar(&cfg.Admission.MaxQueue, "max-queue", 0, "enrollment requests waiting for a slot (default 64 per slot)")
 	fl.Float64Var(&cfg.Admission.DeviceRate, "rate-per-device", 0, "requests per second one device (its certificate or MQTT client ID) may make (default 1, burst 10)")
@@ -136,7 +138,6 @@ func serveCmd() *cobra.Command {
 func caKeyFlags(fl *pflag.FlagSet, c *daemon.IssuerConfig) {
 	fl.StringVar(&c.IntermediateKeyURI, "intermediate-key-uri", "", "the CA's intermediate key is in a KMS, not in <data-dir>/ca: softkms:path=/FILE (PEM, 0600) or pkcs11:... (builds with -tags pkcs11)")
 	fl.StringVar(&c.BundleSignerKeyURI, "bundle-signer-key-uri", "", "the bundle signer's key (ECDSA P-256) is in a KMS, not in <data-dir>/ca")
-	fl.StringArrayVar(&c.RetiredIntermediateKeyURIs, "retired-intermediate-key-uri", nil, "KMS key of an intermediate that ca rotate-intermediate replaced (repeatable), so that its CRL is signed until its certificates expire; a retired key file stays in <data-dir>/ca/archive and needs no flag")
 }
 
 func caCmd() *cobra.Command {
