@@ -35,9 +35,10 @@ const (
 	MaxImportRows = 1_000_000
 	// MaxOpenImports bounds staged imports not yet committed or aborted.
 	MaxOpenImports = 8
-	// MaxOpenImportsPerOperator bounds one operator credential's share of
-	// them, so that one station that keeps starting imports (or died
-	// holding them) cannot lock the other stations out.
+	// MaxOpenImportsPerOperator bounds one operator's share of them (by
+	// role and name: reissued credentials share it), so that one station
+	// that keeps starting imports (or died holding them) cannot lock the
+	// other stations out.
 	MaxOpenImportsPerOperator = MaxOpenImports / 2
 	// ImportStagingTTL is how long a staged import waits for its commit.
 	ImportStagingTTL = time.Hour

@@ -212,6 +212,14 @@ func TestFleetImport(t *testing.T) {
 	if !strings.Contains(out, "0 new, 0 changed, 2 unchanged") || !strings.Contains(out, "nothing to do") {
 		t.Errorf("re-import is not a no-op:\n%s", out)
 	}
+	// enrollctl names each import it stages; --abort takes that ID (this
+	// one is committed already: not found), and not with a FILE.
+	var id string
+	if _, err := fmt.Sscanf(out[strings.Index(out, "import "):], "import %s staged", &id); err != nil || len(id) < 16 {
+		t.Fatalf("enrollctl did not name the staged import: %v\n%s", err, out)
+	}
+	s.ctl(t, 6, "", "import", "--abort", id)
+	s.ctl(t, 2, "", "import", "--abort", id, good)
 
 	// --partial applies the good rows of the bad file: the two already
 	// registered are unchanged, the rest is refused; SN-1 now belongs to

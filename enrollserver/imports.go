@@ -35,13 +35,17 @@ func (s *Server) StartImport(ctx context.Context, call *Call, req *api.ImportSta
 		switch {
 		case errors.Is(err, store.ErrTooManyImports):
 			return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy,
-				Message: fmt.Sprintf("%d imports are staged already; commit or abort one, or wait for them to expire", api.MaxOpenImports), RetryAfterSeconds: 60})
+				Message: fmt.Sprintf("%d imports are staged already; each frees its slot when committed or aborted (enrollctl import --abort ID, by its starter or an admin; enrolld logs each ID at start), at the latest %s after it started",
+					api.MaxOpenImports, api.ImportStagingTTL), RetryAfterSeconds: 60})
 		case errors.Is(err, store.ErrOperatorImports):
 			return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy,
-				Message: fmt.Sprintf("%s has %d imports staged already, its share; commit or abort one (enrollctl import --abort), or wait for them to expire", call.Principal, api.MaxOpenImportsPerOperator), RetryAfterSeconds: 60})
+				Message: fmt.Sprintf("%s has %d imports staged already, its share; abort the stuck ones (enrollctl import --abort ID; enrolld logs each ID at start) or wait: they expire %s after they started",
+					call.Principal, api.MaxOpenImportsPerOperator, api.ImportStagingTTL), RetryAfterSeconds: 60})
 		}
 		return nil, err
 	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "import started", slog.String("correlation_id", call.CorrelationID), slog.String("operator", call.Principal.String()),
+		slog.String("import_id", id), slog.String("source", req.Source), slog.Time("expires_at", b.ExpiresAt))
 	return &api.ImportStartResponse{ImportID: id, ExpiresAt: b.ExpiresAt, MaxRowsPerChunk: api.MaxImportRowsPerChunk, MaxChunkBytes: api.MaxImportChunkBytes}, nil
 }
 

@@ -46,6 +46,9 @@ type Comparison struct {
 	// CeilingMicros is the crypto ceiling measured after each round
 	// (CompareConfig.Ceiling), in round order.
 	CeilingMicros []float64 `json:"ceiling_us,omitempty"`
+	// CeilingError is why a ceiling measurement failed: the runs are
+	// kept, without ratios.
+	CeilingError string `json:"ceiling_error,omitempty"`
 }
 
 // TransportResult is one server's runs and their medians.
@@ -104,12 +107,14 @@ func Compare(ctx context.Context, cc CompareConfig) (*Comparison, error) {
 			cmp.Results[i].Runs = append(cmp.Results[i].Runs, rep)
 			cmp.LoadBefore = append(cmp.LoadBefore, rep.Setup.LoadBefore)
 		}
-		if cc.Ceiling != nil {
+		if cc.Ceiling != nil && cmp.CeilingError == "" {
 			us, err := cc.Ceiling(ctx)
 			if err != nil {
-				return nil, fmt.Errorf("crypto ceiling after round %d: %w", r+1, err)
+				cmp.CeilingError = fmt.Sprintf("crypto ceiling after round %d: %v", r+1, err)
+				cmp.CeilingMicros = nil
+			} else {
+				cmp.CeilingMicros = append(cmp.CeilingMicros, us)
 			}
-			cmp.CeilingMicros = append(cmp.CeilingMicros, us)
 		}
 	}
 	var https, mqtt *TransportResult
@@ -174,6 +179,9 @@ func (c *Comparison) WriteText(w io.Writer) {
 	if c.MQTTOverHTTPS > 0 {
 		fmt.Fprintf(w, "\nMQTT/HTTPS (medians): enrollments/s %.2f (target >= 0.80), server CPU per enrollment %.2f\n",
 			c.MQTTOverHTTPS, c.CPUMQTTOverHTTPS)
+	}
+	if c.CeilingError != "" {
+		fmt.Fprintf(w, "\n%s: no ratios to the ceiling\n", c.CeilingError)
 	}
 	if len(c.CeilingMicros) > 0 {
 		fmt.Fprintf(w, "\ncrypto ceiling after each round (µs per enrollment): %v\n", c.CeilingMicros)

@@ -179,7 +179,8 @@ against the same enrolld started with both --listen and --mqtt-listen, and
 prints the medians side by side: enrollments/s, renewals/s (--renew), server CPU
 ms per enrollment, enrollment p99, and the MQTT/HTTPS ratios. Every run enrolls
 devices that no earlier run of this invocation used (N x 2 x rounds identities,
-kept with --identities).
+kept with --identities). With --ceiling it measures the crypto ceiling after each
+round and sets each run's server CPU against its round's ceiling.
 
   enrolld serve --data-dir d --listen 127.0.0.1:8443 --mqtt-listen 127.0.0.1:8883 \
     --manufacturer-roots mfr/manufacturer_ca.crt &

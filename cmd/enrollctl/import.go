@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,7 +37,7 @@ const abortTimeout = 10 * time.Second
 
 func importCmd(g *globals) *cobra.Command {
 	var partial, dryRun bool
-	var format string
+	var format, abortID string
 	cmd := &cobra.Command{
 		Use:   "import FILE",
 		Short: "Pre-register a factory batch from CSV or JSON lines, all or nothing",
@@ -57,9 +58,23 @@ file again changes nothing. Large files are sent in chunks that enrolld
 stages and then commits in one transaction.`,
 		Example: `  enrollctl import batch-2026-07.csv
   enrollctl import batch.jsonl --dry-run
-  enrollctl import batch.csv --partial -o json`,
-		Args: cobra.ExactArgs(1),
+  enrollctl import batch.csv --partial -o json
+  enrollctl import --abort 3f2a...   # a staged import left by a station that died`,
+		Args: cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if abortID != "" {
+				if len(args) != 0 {
+					return usageErr(errors.New("give a FILE to import or --abort ID, not both"))
+				}
+				if err := g.call(cmd.Context(), http.MethodDelete, api.PathAdminImports+"/"+url.PathEscape(abortID), nil, nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "aborted import %s\n", abortID)
+				return nil
+			}
+			if len(args) != 1 {
+				return usageErr(errors.New("give the FILE to import (or --abort ID)"))
+			}
 			return runImport(cmd, g, args[0], format, partial, dryRun)
 		},
 	}
@@ -67,6 +82,7 @@ stages and then commits in one transaction.`,
 	fl.BoolVar(&partial, "partial", false, "import the good rows even if some are bad")
 	fl.BoolVar(&dryRun, "dry-run", false, "check every row against enrolld, import nothing")
 	fl.StringVar(&format, "format", "", "csv or jsonl (default: from the file name, else from its first byte)")
+	fl.StringVar(&abortID, "abort", "", "abort the staged import with this ID (its starter's, or anyone's for an admin), freeing its slot; enrolld logs each import's ID when it starts")
 	return cmd
 }
 
@@ -123,6 +139,9 @@ func runImport(cmd *cobra.Command, g *globals, path, format string, partial, dry
 		if err := g.call(cmd.Context(), http.MethodPost, api.PathAdminImports, nil,
 			&api.ImportStartRequest{Source: filepath.Base(path), SHA256: hex.EncodeToString(sum[:]), Partial: partial, DryRun: dryRun}, &start); err != nil {
 			return err
+		}
+		if g.output != "json" { // JSON output carries import_id
+			fmt.Fprintf(cmd.ErrOrStderr(), "import %s staged (enrollctl import --abort %s frees it if this command dies)\n", start.ImportID, start.ImportID)
 		}
 		abort := func() {
 			// Also after Ctrl-C (which ends cmd.Context()): an import

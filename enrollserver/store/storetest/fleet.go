@@ -550,6 +550,13 @@ func testImportLimits(t *testing.T, s store.Store) {
 	if err := s.CommitImport(ctx, "0", t0.Add(time.Hour), nil); !errors.Is(err, store.ErrImportExpired) {
 		t.Errorf("commit after expiry: %v", err)
 	}
+	// Expired imports hold no slot, before they are purged too.
+	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "z", Operator: "station-0", CreatedAt: t0.Add(time.Hour), ExpiresAt: t0.Add(2 * time.Hour)}, 1, 1); err != nil {
+		t.Errorf("an import once the others expired, unpurged: %v", err)
+	}
+	if err := s.DeleteImport(ctx, "z"); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := s.PurgeExpiredImports(ctx, t0.Add(time.Hour)); err != nil || n != 2 {
 		t.Errorf("purge = %d, %v; want 2", n, err)
 	}
