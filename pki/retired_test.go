@@ -15,6 +15,17 @@ import (
 	"github.com/edgeenroll/edgeenroll/pki"
 )
 
+// rotatedCA is a new CA whose intermediate was rotated at t0.
+func rotatedCA(t *testing.T) (dir string, rot *pki.Rotation) {
+	t.Helper()
+	_, dir = newCA(t, t0)
+	rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, rot
+}
+
 // revokedBy answers as a relying party that checks revocation: it takes
 // the CRL whose issuer name and key identifier are leaf's and whose
 // signature verifies with issuer, then looks for leaf's serial. found is
@@ -133,11 +144,7 @@ func TestCRLAfterRotation(t *testing.T) {
 // corrupt CA; a key moved into a KMS is found by its URI.
 func TestRetiredIntermediateKey(t *testing.T) {
 	t.Run("deleted", func(t *testing.T) {
-		_, dir := newCA(t, t0)
-		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		dir, rot := rotatedCA(t)
 		if err := os.Remove(filepath.Join(rot.Archive, pki.IntermediateKeyFile)); err != nil {
 			t.Fatal(err)
 		}
@@ -153,11 +160,7 @@ func TestRetiredIntermediateKey(t *testing.T) {
 		}
 	})
 	t.Run("replaced", func(t *testing.T) {
-		_, dir := newCA(t, t0)
-		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		dir, rot := rotatedCA(t)
 		_, otherDir := newCA(t, t0) // its intermediate key goes into the archive
 		data, err := os.ReadFile(filepath.Join(otherDir, pki.IntermediateKeyFile))
 		if err != nil {
@@ -246,11 +249,7 @@ func TestRetiredArchive(t *testing.T) {
 		}
 	})
 	t.Run("archived twice", func(t *testing.T) {
-		_, dir := newCA(t, t0)
-		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		dir, rot := rotatedCA(t)
 		later := filepath.Join(dir, pki.ArchiveDir, t0.Add(time.Hour).UTC().Format("20060102T150405Z"))
 		copyArchive(t, rot.Archive, later, pki.IntermediateCertFile, pki.IntermediateKeyFile)
 		if err := os.Remove(filepath.Join(rot.Archive, pki.IntermediateKeyFile)); err != nil {
@@ -266,11 +265,7 @@ func TestRetiredArchive(t *testing.T) {
 		}
 	})
 	t.Run("back in service", func(t *testing.T) {
-		_, dir := newCA(t, t0)
-		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		dir, rot := rotatedCA(t)
 		// The documented rollback: the archived files copied back.
 		copyArchive(t, rot.Archive, dir, pki.IntermediateCertFile, pki.IntermediateKeyFile, pki.BundleSignerCertFile, pki.BundleSignerKeyFile)
 		ca, err := pki.LoadOrCreateCA(dir, &pki.Options{Now: fixedClock(t0)})
@@ -308,11 +303,7 @@ func TestRetiredArchive(t *testing.T) {
 		}
 	})
 	t.Run("kms uri that matches nothing", func(t *testing.T) {
-		_, dir := newCA(t, t0)
-		rot, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		dir, rot := rotatedCA(t)
 		if err := os.Remove(filepath.Join(rot.Archive, pki.IntermediateKeyFile)); err != nil {
 			t.Fatal(err)
 		}
@@ -330,10 +321,7 @@ func TestRetiredArchive(t *testing.T) {
 		}
 	})
 	t.Run("kms uri not needed", func(t *testing.T) {
-		_, dir := newCA(t, t0)
-		if _, err := pki.RotateIntermediate(dir, &pki.Options{Now: fixedClock(t0)}, nil); err != nil {
-			t.Fatal(err)
-		}
+		dir, _ := rotatedCA(t)
 		// The retired key is archived, so a URI of a destroyed key left
 		// in the configuration is never opened.
 		gone := "softkms:path=" + filepath.Join(t.TempDir(), "destroyed.key")
