@@ -32,17 +32,17 @@ func (s *Server) StartImport(ctx context.Context, call *Call, req *api.ImportSta
 	b := &store.ImportBatch{ID: id, Operator: call.Principal.String(), Source: req.Source, SHA256: req.SHA256,
 		Partial: req.Partial, DryRun: req.DryRun, CreatedAt: now, ExpiresAt: now.Add(api.ImportStagingTTL), CorrelationID: call.CorrelationID}
 	if err := s.cfg.Store.CreateImport(ctx, b, api.MaxOpenImports, api.MaxOpenImportsPerOperator); err != nil {
+		var held string
 		switch {
 		case errors.Is(err, store.ErrTooManyImports):
-			return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy,
-				Message: fmt.Sprintf("%d imports are staged already; each frees its slot when committed or aborted (enrollctl import --abort ID, by its starter or an admin; enrolld logs each ID at start), at the latest %s after it started",
-					api.MaxOpenImports, api.ImportStagingTTL), RetryAfterSeconds: 60})
+			held = fmt.Sprintf("%d imports are staged already", api.MaxOpenImports)
 		case errors.Is(err, store.ErrOperatorImports):
-			return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy,
-				Message: fmt.Sprintf("%s has %d imports staged already, its share; abort the stuck ones (enrollctl import --abort ID; enrolld logs each ID at start) or wait: they expire %s after they started",
-					call.Principal, api.MaxOpenImportsPerOperator, api.ImportStagingTTL), RetryAfterSeconds: 60})
+			held = fmt.Sprintf("%s has %d imports staged already, its share", call.Principal, api.MaxOpenImportsPerOperator)
+		default:
+			return nil, err
 		}
-		return nil, err
+		return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy, RetryAfterSeconds: 60,
+			Message: held + fmt.Sprintf("; each frees its slot when committed or aborted (enrollctl import --abort ID, by its starter or an admin; enrolld logs each ID at start), at the latest %s after it started", api.ImportStagingTTL)})
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "import started", slog.String("correlation_id", call.CorrelationID), slog.String("operator", call.Principal.String()),
 		slog.String("import_id", id), slog.String("source", req.Source), slog.Time("expires_at", b.ExpiresAt))

@@ -32,7 +32,8 @@ type RetiredIntermediate struct {
 	// Archive is the archive directory holding its certificate.
 	Archive string
 	// CanSignCRL: its key is in the archive (or named by
-	// Options.RetiredIntermediateKeyURIs), so its CRL is signed.
+	// Options.RetiredIntermediateKeyURIs), so its CRL is signed. Set in
+	// the copies RetiredIntermediates returns.
 	CanSignCRL bool
 
 	key crypto.Signer
@@ -49,7 +50,8 @@ func (r *RetiredIntermediate) MayHaveValidCertificates(now time.Time) bool {
 
 // loadRetired reads the intermediates archived in dir/archive that the
 // root signed and that have not expired, each with its key when the
-// archive still holds it or retiredURIs names it; the newest first.
+// archive still holds it or cfg.retiredIntermediateKeyURIs names it; the
+// newest first. unmatched are the URIs opened that fit none of them.
 // current is the intermediate in service.
 func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certificate) (_ []*RetiredIntermediate, unmatched []string, _ error) {
 	entries, err := os.ReadDir(filepath.Join(dir, ArchiveDir))
@@ -106,9 +108,8 @@ func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certi
 	// KMS keys are opened only while an intermediate needs one: a URI
 	// left in the configuration after its key was destroyed must not stop
 	// the CA from loading once nothing needs it.
-	needKey := slices.ContainsFunc(out, func(r *RetiredIntermediate) bool { return r.key == nil })
 	for _, uri := range cfg.retiredIntermediateKeyURIs {
-		if !needKey {
+		if !slices.ContainsFunc(out, func(r *RetiredIntermediate) bool { return r.key == nil }) {
 			break
 		}
 		key, err := keys.newOrOpen(uri)
@@ -125,9 +126,6 @@ func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certi
 			unmatched = append(unmatched, redactURI(uri))
 		}
 	}
-	for _, r := range out {
-		r.CanSignCRL = r.key != nil
-	}
 	slices.SortFunc(out, func(a, b *RetiredIntermediate) int { return b.RetiredAt.Compare(a.RetiredAt) })
 	return out, unmatched, nil
 }
@@ -139,7 +137,7 @@ func (ca *CA) RetiredIntermediates() []RetiredIntermediate {
 	out := make([]RetiredIntermediate, len(ca.retired))
 	for i, r := range ca.retired {
 		out[i] = *r
-		out[i].key = nil
+		out[i].CanSignCRL, out[i].key = r.key != nil, nil
 	}
 	return out
 }

@@ -669,6 +669,10 @@ issuer's list carries the same entries.`,
 // issuer), the one signed by the intermediate of our operator
 // certificate, which must chain to ca.crt.
 func verifiedCRL(g *globals, data []byte) ([]byte, *x509.RevocationList, error) {
+	issuers, err := operatorIssuers(g)
+	if err != nil {
+		return nil, nil, err
+	}
 	n := 0
 	for rest := data; ; {
 		var blk *pem.Block
@@ -683,8 +687,10 @@ func verifiedCRL(g *globals, data []byte) ([]byte, *x509.RevocationList, error) 
 		if err != nil {
 			return nil, nil, fmt.Errorf("GET %s: list %d: %w", api.PathCRLPEM, n, err)
 		}
-		if verifyCRL(g, crl) == nil {
-			return blk.Bytes, crl, nil
+		for _, c := range issuers {
+			if crl.CheckSignatureFrom(c) == nil {
+				return blk.Bytes, crl, nil
+			}
 		}
 	}
 	if n == 0 {
@@ -693,19 +699,20 @@ func verifiedCRL(g *globals, data []byte) ([]byte, *x509.RevocationList, error) 
 	return nil, nil, fmt.Errorf("none of the %d revocation lists is signed by this server's CA (the intermediate of your operator credential)", n)
 }
 
-// verifyCRL checks the CRL is signed by the intermediate that signed our
-// operator certificate, and that the intermediate chains to ca.crt.
-func verifyCRL(g *globals, crl *x509.RevocationList) error {
+// operatorIssuers returns the CA certificates in our operator.crt chain
+// that verify to ca.crt: the intermediates whose CRLs we trust.
+func operatorIssuers(g *globals) ([]*x509.Certificate, error) {
 	chainPEM, err := os.ReadFile(filepath.Join(g.adminDir, "operator.crt"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	caPEM, err := os.ReadFile(filepath.Join(g.adminDir, "ca.crt"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
+	var out []*x509.Certificate
 	for rest := chainPEM; ; {
 		var blk *pem.Block
 		if blk, rest = pem.Decode(rest); blk == nil {
@@ -715,12 +722,9 @@ func verifyCRL(g *globals, crl *x509.RevocationList) error {
 		if err != nil || !c.IsCA {
 			continue
 		}
-		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-			continue
-		}
-		if crl.CheckSignatureFrom(c) == nil {
-			return nil
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+			out = append(out, c)
 		}
 	}
-	return fmt.Errorf("the CRL is not signed by this server's CA")
+	return out, nil
 }
