@@ -73,10 +73,10 @@ func loadRetired(dir string, cfg config, keys *caKeys, root, current *x509.Certi
 			continue
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("archived intermediate in %s: %w", archive, err)
+			return nil, nil, fmt.Errorf("archived intermediate in %s: %w; restore it from a backup, or remove that directory once the certificates it issued have expired", archive, err)
 		}
 		if !cert.IsCA || cert.CheckSignatureFrom(root) != nil {
-			return nil, nil, fmt.Errorf("%w: in %s: %s is not a CA certificate signed by %s", ErrCACorrupt, archive, IntermediateCertFile, RootCertFile)
+			return nil, nil, fmt.Errorf("%w: in %s: %s is not a CA certificate signed by %s; that directory is not this CA's archive: move it out of %s", ErrCACorrupt, archive, IntermediateCertFile, RootCertFile, ArchiveDir)
 		}
 		if !now.Before(cert.NotAfter) || bytes.Equal(cert.Raw, current.Raw) {
 			continue // expired with all it issued, or in service again
