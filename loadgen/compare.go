@@ -63,8 +63,9 @@ type TransportResult struct {
 	Failed                   int     `json:"failed"` // devices that failed, all runs and phases
 	// CeilingRatios is, per run, the server's capacity over the crypto
 	// ceiling measured after the run's round (the ceiling's CPU per
-	// enrollment over the server's), and CeilingRatio their median; set
-	// with CompareConfig.Ceiling.
+	// enrollment over the server's), 0 for a run without a server CPU
+	// figure, and CeilingRatio the median of the others; set with
+	// CompareConfig.Ceiling.
 	CeilingRatios []float64 `json:"capacity_over_ceiling_per_run,omitempty"`
 	CeilingRatio  float64   `json:"capacity_over_ceiling,omitempty"`
 	Runs          []*Report `json:"runs"`
@@ -186,25 +187,35 @@ func (c *Comparison) WriteText(w io.Writer) {
 	if len(c.CeilingMicros) > 0 {
 		fmt.Fprintf(w, "\ncrypto ceiling after each round (µs per enrollment): %v\n", c.CeilingMicros)
 		for _, r := range c.Results {
-			if len(r.CeilingRatios) == 0 {
+			measured := slices.DeleteFunc(slices.Clone(r.CeilingRatios), func(x float64) bool { return x == 0 })
+			if len(measured) == 0 {
 				continue
 			}
 			fmt.Fprintf(w, "%-9s server capacity / ceiling, each run against its round's ceiling: median %.1f %% (%.1f-%.1f %%; target >= 50 %%)\n",
-				r.Transport, 100*r.CeilingRatio, 100*slices.Min(r.CeilingRatios), 100*slices.Max(r.CeilingRatios))
+				r.Transport, 100*r.CeilingRatio, 100*slices.Min(measured), 100*slices.Max(measured))
 		}
 	}
 }
 
 // setCeiling sets r's ratios to the ceilings measured after each round
-// (none: no ratios): run k ran in round k.
+// (none: no ratios): run k ran in round k. A run without a server CPU
+// figure gets 0, so that the list stays aligned with the runs, and is
+// left out of the median.
 func (r *TransportResult) setCeiling(ceilingMicros []float64) {
 	r.CeilingRatios = nil
+	var measured []float64
 	for k, rep := range r.Runs {
-		if k < len(ceilingMicros) && rep.ServerCPUMsPerEnrollment > 0 {
-			r.CeilingRatios = append(r.CeilingRatios, round3(ceilingMicros[k]/1000/rep.ServerCPUMsPerEnrollment))
+		if k >= len(ceilingMicros) {
+			break
 		}
+		ratio := 0.0
+		if rep.ServerCPUMsPerEnrollment > 0 {
+			ratio = round3(ceilingMicros[k] / 1000 / rep.ServerCPUMsPerEnrollment)
+			measured = append(measured, ratio)
+		}
+		r.CeilingRatios = append(r.CeilingRatios, ratio)
 	}
-	r.CeilingRatio = median(r.CeilingRatios)
+	r.CeilingRatio = median(measured)
 }
 
 // summarize fills r's medians and failure count from its runs.

@@ -40,6 +40,12 @@ func TestSetCeiling(t *testing.T) {
 	if !slices.Equal(r.CeilingRatios, want) || r.CeilingRatio != 0.5 {
 		t.Errorf("ratios %v, median %v; want %v, 0.5", r.CeilingRatios, r.CeilingRatio, want)
 	}
+	// A run without a CPU figure keeps its place, and stays out of the median.
+	r.Runs[1].ServerCPUMsPerEnrollment = 0
+	r.setCeiling([]float64{1000, 1250, 1200})
+	if want := []float64{0.5, 0, 0.75}; !slices.Equal(r.CeilingRatios, want) || r.CeilingRatio != 0.625 {
+		t.Errorf("ratios %v, median %v; want %v, 0.625", r.CeilingRatios, r.CeilingRatio, want)
+	}
 	r.setCeiling(nil)
 	if r.CeilingRatios != nil || r.CeilingRatio != 0 {
 		t.Errorf("without ceilings: %v, %v", r.CeilingRatios, r.CeilingRatio)

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http/httptest"
@@ -137,13 +138,15 @@ type testServer struct {
 	// mtls counts connections on which a device presented a certificate
 	// that verified.
 	mtls atomic.Int64
+	// rootPEM is the enrollment root, for loadgen's RootCAFile.
+	rootPEM []byte
 }
 
 func startServer(t *testing.T, mfr *tpmsim.Manufacturer) *testServer {
 	t.Helper()
 	c := enrollservertest.New(t, enrollserver.Config{ManufacturerRoots: poolOf(mfr)}, nil)
 	srv, ca := c.Server, c.CA
-	cert, err := ca.IssueServer([]string{"127.0.0.1"}, time.Hour)
+	cert, err := ca.IssueServer([]string{"127.0.0.1", "localhost"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +163,7 @@ func startServer(t *testing.T, mfr *tpmsim.Manufacturer) *testServer {
 	ts.StartTLS()
 	t.Cleanup(ts.Close)
 	s.url = ts.URL
+	s.rootPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Root().Raw})
 	return s
 }
 
