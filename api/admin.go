@@ -118,3 +118,31 @@ type DeviceList struct {
 	// NextPageToken, when set, is the after= of the next page.
 	NextPageToken string `json:"next_page_token,omitempty"`
 }
+
+// ImportSummary is one staged import as GET PathAdminImports lists it:
+// its metadata and counts, not its rows.
+type ImportSummary struct {
+	ImportID string `json:"import_id"`
+	// Operator started it ("factory/station-3"); it and an admin may
+	// abort it (DELETE PathAdminImports/{id}).
+	Operator string `json:"operator"`
+	// Source and SHA256 name the file, as its start request gave them.
+	Source    string    `json:"source,omitempty"`
+	SHA256    string    `json:"sha256,omitempty"`
+	Partial   bool      `json:"partial"`
+	DryRun    bool      `json:"dry_run"`
+	CreatedAt time.Time `json:"created_at"`
+	// ExpiresAt is when it frees its slot if nobody commits or aborts it.
+	ExpiresAt time.Time `json:"expires_at"`
+	// Staged counts the rows staged so far, Rejected those refused while
+	// staging.
+	Staged   int `json:"staged"`
+	Rejected int `json:"rejected"`
+}
+
+// ImportList answers GET PathAdminImports: the staged imports still open
+// (not committed, aborted or expired), oldest first. An operator sees its
+// own; an admin, who may abort any, sees every operator's.
+type ImportList struct {
+	Imports []ImportSummary `json:"imports"`
+}

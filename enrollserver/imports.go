@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/attest"
@@ -20,7 +21,8 @@ import (
 // import is partial. A large file thus crosses the network in bounded
 // requests yet commits atomically. Staged imports expire after
 // api.ImportStagingTTL; at most api.MaxOpenImports are open at once, and
-// api.MaxOpenImportsPerOperator of one operator's.
+// api.MaxOpenImportsPerOperator of one operator's. ListImports shows the
+// open ones, so that a stuck one can be aborted.
 
 // StartImport opens a staged import (PermImport).
 func (s *Server) StartImport(ctx context.Context, call *Call, req *api.ImportStartRequest) (*api.ImportStartResponse, error) {
@@ -41,12 +43,89 @@ func (s *Server) StartImport(ctx context.Context, call *Call, req *api.ImportSta
 		default:
 			return nil, err
 		}
-		return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy, RetryAfterSeconds: 60,
-			Message: held + fmt.Sprintf("; each frees its slot when committed or aborted (enrollctl import --abort ID, by its starter or an admin; enrolld logs each ID at start), at the latest %s after it started", api.ImportStagingTTL)})
+		retry, first := s.importSlotFrees(ctx, call, now)
+		msg := held
+		if first != nil {
+			from := ""
+			if first.Source != "" {
+				from = " (" + first.Source + ")"
+			}
+			msg += fmt.Sprintf("; the first to expire is import %s%s, started by %s, at %s (enrollctl import --abort %s frees it now, by its starter or an admin)",
+				first.ID, from, first.Operator, first.ExpiresAt.UTC().Format(time.RFC3339), first.ID)
+		}
+		msg += fmt.Sprintf("; each frees its slot when committed or aborted, at the latest %s after it started (enrollctl import --list shows them)", api.ImportStagingTTL)
+		return nil, s.adminRefused(ctx, call, "import.start", req.Source, &api.Error{Code: api.CodeBusy, RetryAfterSeconds: retry, Message: msg})
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "import started", slog.String("correlation_id", call.CorrelationID), slog.String("operator", call.Principal.String()),
 		slog.String("import_id", id), slog.String("source", req.Source), slog.Time("expires_at", b.ExpiresAt))
 	return &api.ImportStartResponse{ImportID: id, ExpiresAt: b.ExpiresAt, MaxRowsPerChunk: api.MaxImportRowsPerChunk, MaxChunkBytes: api.MaxImportChunkBytes}, nil
+}
+
+// listImportsLimit bounds the staged imports read to list them. More than
+// api.MaxOpenImports are open only after the cap was lowered, or while
+// enrolld replicas' clocks disagree about which expired; a page's worth
+// lists those too.
+const listImportsLimit = api.MaxPageSize
+
+// importSlotFrees says when a start refused for want of a slot may try
+// again, and which import frees the slot it needs: the first to expire
+// among the caller's own imports if they fill its share
+// (ErrOperatorImports, and with ErrTooManyImports a slot another's frees
+// would not let it start either), else among all the open ones
+// (ErrTooManyImports). The wait is rounded up to whole seconds within
+// 1 s..api.ImportStagingTTL; it is 1 s, naming none, if the imports no
+// longer fill either limit (some ended since the refusal), and
+// api.ImportStagingTTL, naming none, if the store cannot list them.
+func (s *Server) importSlotFrees(ctx context.Context, call *Call, now time.Time) (int, *store.ImportBatch) {
+	ttl := int(api.ImportStagingTTL / time.Second)
+	open, err := s.cfg.Store.ListImports(ctx, now, listImportsLimit)
+	if err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "listing staged imports for a busy answer", slog.String("correlation_id", call.CorrelationID), slog.String("err", err.Error()))
+		return ttl, nil
+	}
+	var first, firstOwn *store.ImportBatch
+	own := 0
+	for _, b := range open {
+		if first == nil || b.ExpiresAt.Before(first.ExpiresAt) {
+			first = b
+		}
+		if b.Operator == call.Principal.String() {
+			own++
+			if firstOwn == nil || b.ExpiresAt.Before(firstOwn.ExpiresAt) {
+				firstOwn = b
+			}
+		}
+	}
+	switch {
+	case own >= api.MaxOpenImportsPerOperator:
+		first = firstOwn
+	case len(open) >= api.MaxOpenImports:
+		// first stays the first of all to expire.
+	default:
+		return 1, nil
+	}
+	secs := int((first.ExpiresAt.Sub(now) + time.Second - 1) / time.Second)
+	return min(max(secs, 1), ttl), first
+}
+
+// ListImports lists the staged imports still open, oldest first
+// (PermImport): the caller's own, or for an admin, who may abort any of
+// them, every operator's.
+func (s *Server) ListImports(ctx context.Context, call *Call) (*api.ImportList, error) {
+	open, err := s.cfg.Store.ListImports(ctx, s.cfg.Now(), listImportsLimit)
+	if err != nil {
+		return nil, err
+	}
+	all := call.Principal.Kind == PrincipalOperator && RolePermits(call.Principal.Role, PermAdmin)
+	out := &api.ImportList{Imports: []api.ImportSummary{}}
+	for _, b := range open {
+		if !all && b.Operator != call.Principal.String() {
+			continue
+		}
+		out.Imports = append(out.Imports, api.ImportSummary{ImportID: b.ID, Operator: b.Operator, Source: b.Source, SHA256: b.SHA256,
+			Partial: b.Partial, DryRun: b.DryRun, CreatedAt: b.CreatedAt, ExpiresAt: b.ExpiresAt, Staged: b.Staged, Rejected: len(b.Rejected)})
+	}
+	return out, nil
 }
 
 // ownImport returns a staged import if call opened it.

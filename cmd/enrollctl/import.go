@@ -36,7 +36,7 @@ var importColumns = []string{"ek_cert_pem", "ek_hash", "serial", "group", "label
 const abortTimeout = 10 * time.Second
 
 func importCmd(g *globals) *cobra.Command {
-	var partial, dryRun bool
+	var partial, dryRun, listOpen bool
 	var format, abortID string
 	cmd := &cobra.Command{
 		Use:   "import FILE",
@@ -55,13 +55,24 @@ Every row is checked here and again by enrolld; each bad row is reported
 with its line number and reason. By default nothing is imported if any row
 is bad (one transaction); --partial imports the good rows. Importing the same
 file again changes nothing. Large files are sent in chunks that enrolld
-stages and then commits in one transaction.`,
+stages and then commits in one transaction.
+
+--list shows the staged imports still open (your own; an admin's shows
+every operator's), each holding a slot until it is committed, aborted or
+expires; --abort ID frees one.`,
 		Example: `  enrollctl import batch-2026-07.csv
   enrollctl import batch.jsonl --dry-run
   enrollctl import batch.csv --partial -o json
+  enrollctl import --list            # staged imports still open, oldest first
   enrollctl import --abort 3f2a...   # a staged import left by a station that died`,
 		Args: cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if listOpen {
+				if len(args) != 0 || abortID != "" {
+					return usageErr(errors.New("--list takes no FILE and no --abort: list first, then abort by ID"))
+				}
+				return listImports(cmd, g)
+			}
 			if abortID != "" {
 				if len(args) != 0 {
 					return usageErr(errors.New("give a FILE to import or --abort ID, not both"))
@@ -73,7 +84,7 @@ stages and then commits in one transaction.`,
 				return nil
 			}
 			if len(args) != 1 {
-				return usageErr(errors.New("give the FILE to import (or --abort ID)"))
+				return usageErr(errors.New("give the FILE to import (or --list, or --abort ID)"))
 			}
 			return runImport(cmd, g, args[0], format, partial, dryRun)
 		},
@@ -82,8 +93,26 @@ stages and then commits in one transaction.`,
 	fl.BoolVar(&partial, "partial", false, "import the good rows even if some are bad")
 	fl.BoolVar(&dryRun, "dry-run", false, "check every row against enrolld, import nothing")
 	fl.StringVar(&format, "format", "", "csv or jsonl (default: from the file name, else from its first byte)")
-	fl.StringVar(&abortID, "abort", "", "abort the staged import with this ID (its starter's, or anyone's for an admin), freeing its slot; enrolld logs each import's ID when it starts")
+	fl.StringVar(&abortID, "abort", "", "abort the staged import with this ID (its starter's, or anyone's for an admin), freeing its slot; --list shows the IDs")
+	fl.BoolVar(&listOpen, "list", false, "list the staged imports still open (yours; an admin's: everyone's), oldest first")
 	return cmd
+}
+
+// listImports prints the staged imports still open.
+func listImports(cmd *cobra.Command, g *globals) error {
+	var l api.ImportList
+	if err := g.call(cmd.Context(), http.MethodGet, api.PathAdminImports, nil, nil, &l); err != nil {
+		return err
+	}
+	if l.Imports == nil {
+		l.Imports = []api.ImportSummary{}
+	}
+	return render(g, cmd.OutOrStdout(), l, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "IMPORT ID\tOPERATOR\tSOURCE\tCREATED\tEXPIRES")
+		for _, i := range l.Imports {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.ImportID, i.Operator, dash(i.Source), ts(i.CreatedAt), ts(i.ExpiresAt))
+		}
+	})
 }
 
 // fileRow is one data row of an import file.

@@ -32,6 +32,7 @@ func (h *handler) adminRoutes() []adminRoute {
 		{"GET", api.PathAdminDevices + "/{id}", "device.get", R, false, h.getDevice},
 		{"POST", api.PathAdminDevices + "/{action}", "", O, true, h.deviceAction},
 		{"POST", api.PathAdminPreregistrations, "preregister", I, true, h.preregister},
+		{"GET", api.PathAdminImports, "imports.list", I, false, h.listImports},
 		{"POST", api.PathAdminImports, "import.start", I, true, h.importStart},
 		{"POST", api.PathAdminImports + "/{id}/rows", "import.rows", I, true, h.importRows},
 		{"POST", api.PathAdminImports + "/{id}/commit", "import.commit", I, true, h.importCommit},
@@ -207,6 +208,15 @@ func (h *handler) preregister(w http.ResponseWriter, r *http.Request, call *enro
 		return err
 	}
 	resp, err := h.srv.Preregister(r.Context(), call, &req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, call.CorrelationID, resp)
+	return nil
+}
+
+func (h *handler) listImports(w http.ResponseWriter, r *http.Request, call *enrollserver.Call) error {
+	resp, err := h.srv.ListImports(r.Context(), call)
 	if err != nil {
 		return err
 	}

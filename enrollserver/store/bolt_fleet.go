@@ -660,6 +660,31 @@ func (s *Bolt) Import(ctx context.Context, id string) (*ImportBatch, error) {
 	return out, err
 }
 
+// ListImports implements Store.
+func (s *Bolt) ListImports(ctx context.Context, now time.Time, limit int) ([]*ImportBatch, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var open []*ImportBatch
+	err := s.db.View(func(tx *bolt.Tx) error {
+		imports := tx.Bucket(bucketImports)
+		return imports.ForEachBucket(func(k []byte) error {
+			b, err := getJSON[ImportBatch](imports.Bucket(k), keyBatch)
+			if err != nil {
+				return fmt.Errorf("import %s: %w", k, err)
+			}
+			if b != nil && now.Before(b.ExpiresAt) {
+				open = append(open, b)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return OldestImports(open, limit), nil
+}
+
 // StageImport implements Store.
 func (s *Bolt) StageImport(ctx context.Context, id string, now time.Time, rows []*StagedRow, rejected []RowError, maxRows int) (*ImportBatch, error) {
 	if err := ctx.Err(); err != nil {

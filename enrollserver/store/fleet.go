@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -75,6 +77,11 @@ type FleetStore interface {
 	CreateImport(ctx context.Context, b *ImportBatch, max, perOperator int) error
 	// Import returns a staged import (ErrNotFound).
 	Import(ctx context.Context, id string) (*ImportBatch, error)
+	// ListImports returns the staged imports still open at now (expired
+	// ones, purged or not, are left out), oldest first (by CreatedAt,
+	// then ID), at most limit of them (none if limit < 1). Each is its
+	// record as Import returns it; staged rows are not read.
+	ListImports(ctx context.Context, now time.Time, limit int) ([]*ImportBatch, error)
 	// StageImport adds rows and row errors to a staged import, refusing
 	// with ErrImportExpired after its TTL and ErrImportTooLarge past
 	// maxRows (rows plus rejected), or ErrExists if a line is staged
@@ -293,4 +300,16 @@ func (o *OpenImports) Check(max, perOperator int) error {
 		return ErrOperatorImports
 	}
 	return nil
+}
+
+// OldestImports sorts open, the staged imports ListImports found open,
+// oldest first (by CreatedAt, then ID) and keeps at most limit of them.
+func OldestImports(open []*ImportBatch, limit int) []*ImportBatch {
+	slices.SortFunc(open, func(a, b *ImportBatch) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return open[:min(len(open), max(limit, 0))]
 }

@@ -371,6 +371,27 @@ func (s *Store) Import(ctx context.Context, id string) (*store.ImportBatch, erro
 	return getJSON[store.ImportBatch](ctx, s, s.k.importBatch(id))
 }
 
+// ListImports implements store.Store: the import records are read at one
+// revision, so the list is one snapshot.
+func (s *Store) ListImports(ctx context.Context, now time.Time, limit int) ([]*store.ImportBatch, error) {
+	var open []*store.ImportBatch
+	var rev int64
+	p := s.k.importBatches()
+	if err := s.pages(ctx, p, end(p), false, &rev, func(kv *mvccpb.KeyValue) (bool, error) {
+		b, err := decode[store.ImportBatch](kv)
+		if err != nil {
+			return false, err
+		}
+		if now.Before(b.ExpiresAt) {
+			open = append(open, b)
+		}
+		return true, nil
+	}); err != nil {
+		return nil, err
+	}
+	return store.OldestImports(open, limit), nil
+}
+
 // readBatch reads a staged import with the bulk lock held.
 func (s *Store) readBatch(ctx context.Context, id string) (*store.ImportBatch, *mvccpb.KeyValue, error) {
 	kvs, err := s.getMany(ctx, []string{s.k.importBatch(id)}, 0)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +33,7 @@ var fleetTests = []struct {
 	{"MergePreregistrationsSerialIndex", testMergePrereg},
 	{"ImportStageCommit", testImport},
 	{"ImportLimits", testImportLimits},
+	{"ListOpenImports", testListImports},
 	{"Groups", testGroups},
 	{"ConfigVersionsMonotonic", testConfig},
 	{"Stats", testStats},
@@ -562,6 +564,65 @@ func testImportLimits(t *testing.T, s store.Store) {
 	}
 	if err := s.CreateImport(ctx, &store.ImportBatch{ID: "y", Operator: "station-0", CreatedAt: t0.Add(time.Hour), ExpiresAt: t0.Add(2 * time.Hour)}, 2, 1); err != nil {
 		t.Errorf("after purge: %v", err)
+	}
+}
+
+// testListImports: ListImports returns the open imports with their
+// fields, oldest first (ties by ID), bounded by its limit; expired,
+// committed and deleted ones are not listed.
+func testListImports(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	list := func(now time.Time, limit int) []*store.ImportBatch {
+		t.Helper()
+		got, err := s.ListImports(ctx, now, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := list(t0, 10); len(got) != 0 {
+		t.Errorf("no imports: listed %d", len(got))
+	}
+	// IDs against creation order: the list is ordered by CreatedAt.
+	first := &store.ImportBatch{ID: "b-first", Operator: "factory/a", Source: "a.csv", SHA256: strings.Repeat("ab", 32), Partial: true,
+		CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), CorrelationID: "corr-1"}
+	tie := &store.ImportBatch{ID: "d-tie", Operator: "factory/b", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	second := &store.ImportBatch{ID: "a-second", Operator: "factory/b", Source: "b.jsonl", DryRun: true,
+		CreatedAt: t0.Add(time.Minute), ExpiresAt: t0.Add(time.Hour + time.Minute)}
+	expired := &store.ImportBatch{ID: "c-expired", Operator: "factory/a", CreatedAt: t0.Add(-2 * time.Hour), ExpiresAt: t0.Add(-time.Hour)}
+	committed := &store.ImportBatch{ID: "e-committed", Operator: "factory/a", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	deleted := &store.ImportBatch{ID: "f-deleted", Operator: "factory/a", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	for _, b := range []*store.ImportBatch{expired, second, first, tie, committed, deleted} {
+		if err := s.CreateImport(ctx, b, 10, 10); err != nil {
+			t.Fatalf("creating %s: %v", b.ID, err)
+		}
+	}
+	rejected := []store.RowError{{Line: 4, Code: "bad_request", Reason: "x"}}
+	if _, err := s.StageImport(ctx, first.ID, t0, []*store.StagedRow{{Line: 2, DeviceID: "a"}, {Line: 3, DeviceID: "b"}}, rejected, 100); err != nil {
+		t.Fatal(err)
+	}
+	first.Staged, first.Rejected = 2, rejected
+	if err := s.CommitImport(ctx, committed.ID, t0, func(*store.ImportBatch, []*store.StagedRow, store.PreregReader) (*store.PreregPlan, error) {
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteImport(ctx, deleted.ID); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(30 * time.Second)
+	if diff := cmp.Diff([]*store.ImportBatch{first, tie, second}, list(now, 10)); diff != "" {
+		t.Errorf("open imports (-want, +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]*store.ImportBatch{first, tie}, list(now, 2)); diff != "" {
+		t.Errorf("open imports, limit 2 (-want, +got):\n%s", diff)
+	}
+	if got := list(now, 0); len(got) != 0 {
+		t.Errorf("limit 0: listed %d", len(got))
+	}
+	// At its ExpiresAt an import is expired, as StageImport says.
+	if diff := cmp.Diff([]*store.ImportBatch{second}, list(t0.Add(time.Hour), 10)); diff != "" {
+		t.Errorf("open imports at the first two's expiry (-want, +got):\n%s", diff)
 	}
 }
 
