@@ -48,6 +48,9 @@ func Seal(key []byte, sessionID, messageID string, plaintext []byte) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
+	if err := checkIDs(sessionID, messageID); err != nil {
+		return nil, err
+	}
 	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plaintext)+aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
@@ -61,6 +64,9 @@ func Open(key []byte, sessionID, messageID string, sealed []byte) ([]byte, error
 	aead, err := newAEAD(key)
 	if err != nil {
 		return nil, err
+	}
+	if err := checkIDs(sessionID, messageID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOpen, err)
 	}
 	if len(sealed) > MaxSealed {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrOpen, len(sealed), MaxSealed)
@@ -85,6 +91,18 @@ func newAEAD(key []byte) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
+}
+
+// maxIDLen is the longest session or message ID aad can length-prefix:
+// past it the 2-byte prefix would wrap, and two (session, message) pairs
+// could encode alike. Real IDs are far shorter (32 and 8..64 characters).
+const maxIDLen = 1<<16 - 1
+
+func checkIDs(sessionID, messageID string) error {
+	if len(sessionID) > maxIDLen || len(messageID) > maxIDLen {
+		return fmt.Errorf("sealing: session ID of %d bytes or message ID of %d bytes, at most %d each", len(sessionID), len(messageID), maxIDLen)
+	}
+	return nil
 }
 
 // aad binds the ciphertext to its session and message, length-prefixed so

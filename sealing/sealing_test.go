@@ -3,6 +3,7 @@ package sealing_test
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/edgeenroll/edgeenroll/sealing"
@@ -49,5 +50,27 @@ func TestSealOpen(t *testing.T) {
 	}
 	if _, err := sealing.Key(make([]byte, 8), "s1"); err == nil {
 		t.Error("short secret accepted")
+	}
+}
+
+// TestLongIDsRefused: the AAD length-prefixes each ID in two bytes, so a
+// 65,536-byte ID would wrap its prefix and let a payload sealed for
+// (65536-byte session, "") open as ("", 65536-byte message). IDs that long
+// are refused on both sides.
+func TestLongIDsRefused(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, sealing.KeySize)
+	z := bytes.Repeat([]byte{'z'}, 1<<16-2)
+	sessA := string(append([]byte{0, 0}, z...))
+	msgB := string(append(bytes.Clone(z), 0, 0))
+	if _, err := sealing.Seal(key, sessA, "", []byte("chain and bundle")); err == nil {
+		t.Error("sealed for a 65,536-byte session ID")
+	}
+	sealed, err := sealing.Seal(key, "", string(z), []byte("chain and bundle"))
+	if err != nil {
+		t.Fatalf("a 65,534-byte message ID: %v", err)
+	}
+	// Refused for its length, before any decryption.
+	if _, err := sealing.Open(key, "", msgB, sealed); !errors.Is(err, sealing.ErrOpen) || !strings.Contains(err.Error(), "at most 65535") {
+		t.Errorf("open with a 65,536-byte message ID: %v, want refused for its length", err)
 	}
 }
