@@ -4,13 +4,18 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"go.step.sm/crypto/x509util"
+
+	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 )
 
 // ErrOperatorIdentity: a certificate names no valid operator.
@@ -168,4 +173,36 @@ func OperatorFromCertificate(cert *x509.Certificate, trustDomain string) (Operat
 		return Operator{}, err
 	}
 	return Operator{Name: name, Role: role}, nil
+}
+
+// WriteOperatorDir writes an operator credential as enrollctl's
+// --admin-dir reads it: operator.key (PKCS#8, 0600), operator.crt (the
+// chain, leaf first) and ca.crt (the root), each atomically, in dir
+// (created 0700 if missing).
+func WriteOperatorDir(dir string, chain [][]byte, key crypto.PrivateKey, rootDER []byte) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("encoding the operator key: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var chainPEM []byte
+	for _, der := range chain {
+		chainPEM = append(chainPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{"operator.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{"operator.crt", chainPEM, 0o644},
+		{"ca.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER}), 0o644},
+	} {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -52,23 +49,9 @@ func (s *testServer) credential(t *testing.T, role pki.Role, name string) string
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
+	dir := filepath.Join(t.TempDir(), "admin")
+	if err := pki.WriteOperatorDir(dir, cert.Certificate, cert.PrivateKey, s.core.CA.Root().Raw); err != nil {
 		t.Fatal(err)
-	}
-	var chain []byte
-	for _, der := range cert.Certificate {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	dir := t.TempDir()
-	for name, data := range map[string][]byte{
-		"ca.crt":       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.core.CA.Root().Raw}),
-		"operator.crt": chain,
-		"operator.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return dir
 }

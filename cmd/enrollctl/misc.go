@@ -26,6 +26,7 @@ import (
 
 	"github.com/edgeenroll/edgeenroll/api"
 	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
+	"github.com/edgeenroll/edgeenroll/pki"
 )
 
 func statusCmd(g *globals) *cobra.Command {
@@ -519,29 +520,8 @@ func operatorsCmd(g *globals) *cobra.Command {
 			if err := g.call(cmd.Context(), http.MethodPost, api.PathAdminOperators, nil, &req, &resp); err != nil {
 				return err
 			}
-			keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-			if err != nil {
+			if err := pki.WriteOperatorDir(out, resp.CertificateChain, key, resp.RootCertificate); err != nil {
 				return err
-			}
-			if err := os.MkdirAll(out, 0o700); err != nil {
-				return err
-			}
-			var chain []byte
-			for _, der := range resp.CertificateChain {
-				chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-			}
-			for _, f := range []struct {
-				name string
-				data []byte
-				mode os.FileMode
-			}{
-				{"operator.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
-				{"operator.crt", chain, 0o644},
-				{"ca.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: resp.RootCertificate}), 0o644},
-			} {
-				if err := atomicfile.Write(filepath.Join(out, f.name), f.data, f.mode); err != nil {
-					return err
-				}
 			}
 			view := struct {
 				api.OperatorIssueResponse

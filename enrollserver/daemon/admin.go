@@ -2,14 +2,9 @@ package daemon
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/edgeenroll/edgeenroll/internal/atomicfile"
 
 	"github.com/edgeenroll/edgeenroll/pki"
 )
@@ -36,33 +31,12 @@ func ensureOperatorCredential(dir string, ca *pki.CA, now time.Time) (bool, erro
 			return false, nil
 		}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return false, fmt.Errorf("creating admin dir: %w", err)
-	}
 	cert, err := ca.IssueOperator(pki.RoleAdmin, BootstrapOperator, 0)
 	if err != nil {
 		return false, fmt.Errorf("issuing bootstrap operator certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		return false, err
-	}
-	var chain []byte
-	for _, der := range cert.Certificate {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	for _, f := range []struct {
-		path string
-		data []byte
-		mode os.FileMode
-	}{
-		{keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
-		{certPath, chain, 0o644},
-		{filepath.Join(dir, "ca.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Root().Raw}), 0o644},
-	} {
-		if err := atomicfile.Write(f.path, f.data, f.mode); err != nil {
-			return false, err
-		}
+	if err := pki.WriteOperatorDir(dir, cert.Certificate, cert.PrivateKey, ca.Root().Raw); err != nil {
+		return false, fmt.Errorf("writing the admin credential: %w", err)
 	}
 	return true, nil
 }
